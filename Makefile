@@ -1,0 +1,71 @@
+# hep2pcap — every entry point. `make run` and `make test` work on a fresh Debian machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SAMPLE ?= fixtures/hep/sample-call.hep
+OUT    ?= /tmp/hep2pcap-sample.pcapng
+
+.PHONY: help install install-dev tools run test lint type unit e2e fmt golden bench fuzz clean
+
+help:
+	@echo "make run      set up .venv, convert $(SAMPLE) and show what is in it"
+	@echo "make test     set up everything (venv, dev deps, tshark, sngrep) and run the whole suite"
+	@echo "make bench    performance benchmark against sngrep (not part of the tests)"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+install: $(PY)
+	$(PY) -m pip install -q -e .
+
+install-dev: $(PY)
+	$(PY) -m pip install -q -e '.[dev]'
+
+# tshark and sngrep are what the end-to-end tests check our output with. Installed with
+# apt-get when missing and we are root; tshark's debconf question is answered up front.
+tools:
+	@if command -v tshark >/dev/null && command -v sngrep >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "tshark/sngrep missing: run 'sudo apt-get install tshark sngrep'"; exit 0; fi; \
+	echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark sngrep >/dev/null
+
+run: install
+	$(VENV)/bin/hep2pcap convert $(SAMPLE) -w $(OUT)
+	@echo "--- $(OUT) (tshark, if installed):"
+	@if command -v tshark >/dev/null; then \
+	  tshark -r $(OUT) -T fields -E header=y -e frame.number -e frame.time_epoch -e ip.src -e ipv6.src \
+	    -e _ws.col.Protocol -e tcp.srcport -e udp.srcport -e ip.dst -e ipv6.dst -e tcp.dstport -e udp.dstport \
+	    -e _ws.col.Info 2>/dev/null; \
+	else echo "(tshark not installed: 'make tools' installs it)"; fi
+
+test: install-dev tools lint type unit e2e
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+type:
+	$(PY) -m mypy hep2pcap
+
+unit:
+	$(PY) -m pytest -m "not e2e"
+
+e2e:
+	$(PY) -m pytest -m e2e
+
+fmt:
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+golden: install
+	$(PY) tests/make_golden.py
+
+bench: install-dev tools
+	$(PY) bench/run.py
+
+fuzz: install-dev
+	$(PY) tests/fuzz.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

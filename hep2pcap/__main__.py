@@ -1,0 +1,5 @@
+"""``python -m hep2pcap``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,201 @@
+"""Build synthetic Ethernet / IPv4 / IPv6 / UDP / TCP frames from HEP fields.
+
+Owns: HEP-SPEC §12 — header layouts, checksums (RFC 791/768/793/8200), the mapping of
+HEP IP protocol values to a transport (§6), per-connection TCP sequence state, and the
+splitting of payloads too large for one IP packet. Must never: do I/O or read clocks.
+Frames are built in the order they are written, so TCP sequence numbers follow that order.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+from .errors import Reason
+from .hep import HepMessage, IpProto
+
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+
+ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_IPV6 = 0x86DD
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+
+#: RFC 791 header without options: ver/ihl, tos, total length, id, flags/frag, ttl, proto,
+#: checksum, source, destination.
+IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
+#: RFC 8200: ver/class/flow, payload length, next header, hop limit, source, destination.
+IPV6_HEADER = struct.Struct("!IHBB16s16s")
+#: RFC 768.
+UDP_HEADER = struct.Struct("!HHHH")
+#: RFC 793 header without options: ports, seq, ack, data offset, flags, window, csum, urg.
+TCP_HEADER = struct.Struct("!HHIIBBHHH")
+ETHERNET_HEADER = struct.Struct("!6s6sH")
+
+TTL = 64
+IPV4_DONT_FRAGMENT = 0x4000
+TCP_FLAGS_PSH_ACK = 0x18
+TCP_WINDOW = 65535
+TCP_DATA_OFFSET = TCP_HEADER.size // 4 << 4
+
+MAX_IP_PACKET = 65535  # IPv4 total length / IPv6 payload length are 16-bit fields
+#: The largest UDP payload one IP packet can carry (IPv4: 65535-20-8, IPv6: 65535-8).
+MAX_UDP_PAYLOAD = {
+    4: MAX_IP_PACKET - IPV4_HEADER.size - UDP_HEADER.size,
+    6: MAX_IP_PACKET - UDP_HEADER.size,
+}
+#: The largest TCP segment payload per IP packet.
+MAX_TCP_SEGMENT = {
+    4: MAX_IP_PACKET - IPV4_HEADER.size - TCP_HEADER.size,
+    6: MAX_IP_PACKET - TCP_HEADER.size,
+}
+
+#: HEP-SPEC §6: which synthetic transport each HEP protocol value becomes.
+TCP_PROTOS = frozenset({IpProto.TCP, IpProto.TLS, IpProto.WEBSOCKET})
+
+
+def transport_of(ip_proto: int) -> int:
+    """IPPROTO_TCP for TCP / TLS (22) / WebSocket (50), IPPROTO_UDP for everything else."""
+    return IPPROTO_TCP if ip_proto in TCP_PROTOS else IPPROTO_UDP
+
+
+def ones_sum(data: bytes) -> int:
+    """RFC 1071 sum of 16-bit big-endian words, reduced modulo 0xFFFF.
+
+    Because 2**16 ≡ 1 (mod 0xFFFF), the big integer of the bytes has the same residue as the
+    sum of its words, and ``int.from_bytes`` does that in C. Residues of even-length parts
+    can be added. 0 stands for both 0x0000 and 0xFFFF, which is fine for checksums of data
+    that is never all zeros (every pseudo header here has a non-zero protocol).
+    """
+    if len(data) & 1:
+        data += b"\0"
+    return int.from_bytes(data, "big") % 0xFFFF
+
+
+def checksum(residue: int) -> int:
+    """Turn a ones-complement residue (sum of :func:`ones_sum` values) into a checksum field."""
+    residue %= 0xFFFF
+    return 0xFFFF - residue if residue else 0
+
+
+def _mac(ip: bytes) -> bytes:
+    # Locally administered unicast MAC that shows the address it stands for:
+    # 02:00:c0:a8:01:01 for 192.168.1.1, 02 + the last five bytes for IPv6.
+    return b"\x02\x00" + ip if len(ip) == 4 else b"\x02" + ip[-5:]
+
+
+class FrameBuilder:
+    """Stateful builder: one per output, called in write order.
+
+    Args:
+        linktype: LINKTYPE_ETHERNET or LINKTYPE_RAW.
+    """
+
+    def __init__(self, linktype: int = LINKTYPE_ETHERNET) -> None:
+        if linktype not in (LINKTYPE_ETHERNET, LINKTYPE_RAW):
+            raise ValueError(f"unsupported link type {linktype}")
+        self.linktype = linktype
+        self._ip_id = 0
+        # (src, sport, dst, dport) -> next sequence number to send in that direction
+        self._next_seq: dict[tuple[bytes, int, bytes, int], int] = {}
+
+    def build(self, msg: HepMessage) -> tuple[list[bytes], Reason | None]:
+        """Build the frame(s) for one message.
+
+        Returns:
+            The frames (more than one only for a TCP payload larger than one IP packet)
+            and UDP_PAYLOAD_TRUNCATED if a UDP payload had to be cut to fit one datagram.
+        """
+        v = 4 if len(msg.src_ip) == 4 else 6
+        if msg.ip_proto in TCP_PROTOS:
+            return self._build_tcp(msg, v), None
+        payload = msg.payload
+        warning = None
+        limit = MAX_UDP_PAYLOAD[v]
+        if len(payload) > limit:
+            payload = payload[:limit]
+            warning = Reason.UDP_PAYLOAD_TRUNCATED
+        return [self._build_udp(msg, v, payload)], warning
+
+    def _ip_and_link(self, v: int, proto: int, src: bytes, dst: bytes, l4len: int) -> bytes:
+        if v == 4:
+            self._ip_id = ip_id = (self._ip_id + 1) & 0xFFFF
+            total = IPV4_HEADER.size + l4len
+            hdr = IPV4_HEADER.pack(
+                0x45, 0, total, ip_id, IPV4_DONT_FRAGMENT, TTL, proto, 0, src, dst
+            )
+            hdr = hdr[:10] + checksum(ones_sum(hdr)).to_bytes(2, "big") + hdr[12:]
+            ethertype = ETHERTYPE_IPV4
+        else:
+            hdr = IPV6_HEADER.pack(0x60000000, l4len, proto, TTL, src, dst)
+            ethertype = ETHERTYPE_IPV6
+        if self.linktype == LINKTYPE_ETHERNET:
+            return ETHERNET_HEADER.pack(_mac(dst), _mac(src), ethertype) + hdr
+        return hdr
+
+    @staticmethod
+    def _pseudo(v: int, src: bytes, dst: bytes, proto: int, l4len: int) -> int:
+        # RFC 768 / RFC 8200 §8.1 pseudo header, as a residue.
+        if v == 4:
+            return ones_sum(src + dst) + proto + l4len
+        return ones_sum(src + dst) + proto + (l4len >> 16) + (l4len & 0xFFFF)
+
+    def _build_udp(self, msg: HepMessage, v: int, payload: bytes) -> bytes:
+        l4len = UDP_HEADER.size + len(payload)
+        residue = (
+            self._pseudo(v, msg.src_ip, msg.dst_ip, IPPROTO_UDP, l4len)
+            + msg.src_port
+            + msg.dst_port
+            + l4len
+            + ones_sum(payload)
+        )
+        csum = checksum(residue) or 0xFFFF  # RFC 768: a computed 0 is sent as all ones
+        udp = UDP_HEADER.pack(msg.src_port, msg.dst_port, l4len, csum)
+        return self._ip_and_link(v, IPPROTO_UDP, msg.src_ip, msg.dst_ip, l4len) + udp + payload
+
+    def _build_tcp(self, msg: HepMessage, v: int) -> list[bytes]:
+        src, dst, sport, dport = msg.src_ip, msg.dst_ip, msg.src_port, msg.dst_port
+        key = (src, sport, dst, dport)
+        rkey = (dst, dport, src, sport)
+        seq = self._next_seq.get(key)
+        if seq is None:
+            seq = _initial_seq(key)
+        ack = self._next_seq.get(rkey)
+        if ack is None:
+            # The other side has sent nothing yet: acknowledge its initial sequence number,
+            # so Wireshark sees no "ACKed unseen segment".
+            ack = self._next_seq[rkey] = _initial_seq(rkey)
+        payload = msg.payload
+        step = MAX_TCP_SEGMENT[v]
+        frames = []
+        for start in range(0, len(payload), step):
+            chunk = payload[start : start + step]
+            l4len = TCP_HEADER.size + len(chunk)
+            residue = (
+                self._pseudo(v, src, dst, IPPROTO_TCP, l4len)
+                + sport
+                + dport
+                + (seq >> 16)
+                + (seq & 0xFFFF)
+                + (ack >> 16)
+                + (ack & 0xFFFF)
+                + (TCP_DATA_OFFSET << 8 | TCP_FLAGS_PSH_ACK)
+                + TCP_WINDOW
+                + ones_sum(chunk)
+            )
+            tcp = TCP_HEADER.pack(
+                sport, dport, seq, ack, TCP_DATA_OFFSET, TCP_FLAGS_PSH_ACK, TCP_WINDOW,
+                checksum(residue), 0,
+            )  # fmt: skip
+            frames.append(self._ip_and_link(v, IPPROTO_TCP, src, dst, l4len) + tcp + chunk)
+            seq = (seq + len(chunk)) & 0xFFFFFFFF
+        self._next_seq[key] = seq
+        return frames
+
+
+def _initial_seq(key: tuple[bytes, int, bytes, int]) -> int:
+    # Deterministic per direction (Python's hash() is salted per run; crc32 is not), so the
+    # same input always gives the same output file.
+    src, sport, dst, dport = key
+    return zlib.crc32(src + dst + sport.to_bytes(2, "big") + dport.to_bytes(2, "big"))

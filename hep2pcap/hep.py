@@ -1,0 +1,585 @@
+"""Decode and encode HEP v1, v2 and v3 messages.
+
+Owns: the wire formats of HEP-SPEC §2 (v1/v2) and §3 (v3), payload inflation (§7) and the
+timestamp repairs of §9. Must never: touch sockets, files or clocks, log, or raise anything
+but :class:`~hep2pcap.errors.DecodeError` for bad input. The caller passes the reference
+time (file record or receive time) used for timestamp plausibility.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+from .errors import DecodeError, Reason
+
+HEP3_MAGIC = b"HEP3"
+EEP3_MAGIC = b"EEP3"  # HEP-SPEC §1: alias in the spec drawing; accepted only when lenient
+
+#: HEP-SPEC §3.1: "HEP3" + u16 total length (including these 6 bytes).
+HEP3_HEADER = struct.Struct("!4sH")
+#: HEP-SPEC §3.2: vendor id, chunk type, chunk length (including these 6 bytes).
+CHUNK_HEADER = struct.Struct("!HHH")
+#: HEP-SPEC §2.1: version, header length, family, proto, sport, dport.
+V12_HEADER = struct.Struct("!BBBBHH")
+#: HEP-SPEC §2.1 / §2.4: v2 time header, little-endian, padded to 12 bytes.
+V2_TIME_LE = struct.Struct("<IIH2x")
+V2_TIME_BE = struct.Struct(">IIH2x")
+
+MAX_HEP3_LENGTH = 65535
+#: HEP-SPEC §7: hard cap on an inflated payload.
+MAX_INFLATED_PAYLOAD = 256 * 1024
+
+AF_INET = 2
+#: HEP-SPEC §2.2: AF_INET6 on Linux, FreeBSD, macOS, Windows.
+AF_INET6_VALUES = frozenset({10, 28, 30, 23})
+AF_INET6_LINUX = 10
+
+
+class ChunkType(enum.IntEnum):
+    """Generic (vendor 0) chunk types, HEP-SPEC §3.4."""
+
+    IP_FAMILY = 0x0001
+    IP_PROTO = 0x0002
+    SRC_IP4 = 0x0003
+    DST_IP4 = 0x0004
+    SRC_IP6 = 0x0005
+    DST_IP6 = 0x0006
+    SRC_PORT = 0x0007
+    DST_PORT = 0x0008
+    TS_SEC = 0x0009
+    TS_USEC = 0x000A
+    PAYLOAD_TYPE = 0x000B
+    CAPTURE_ID = 0x000C
+    KEEPALIVE = 0x000D
+    AUTH_KEY = 0x000E
+    PAYLOAD = 0x000F
+    COMPRESSED_PAYLOAD = 0x0010
+    CORRELATION_ID = 0x0011
+    VLAN_ID = 0x0012
+    NODE_NAME = 0x0013
+    SRC_MAC = 0x0014
+    DST_MAC = 0x0015
+    ETHERNET_TYPE = 0x0016
+    TCP_FLAGS = 0x0017
+    IP_TOS = 0x0018
+    MOS = 0x0020
+    R_FACTOR = 0x0021
+    GEO_LOCATION = 0x0022
+    JITTER = 0x0023
+    TRANSACTION_TYPE = 0x0024
+    PAYLOAD_JSON_KEYS = 0x0025
+    TAG_VALUES = 0x0026
+    TAG_TYPE = 0x0027
+    EVENT_TYPE = 0x0028
+    GROUP_ID = 0x0029
+    EXTRA_CORRELATION = 0x0065  # OpenSIPS JSON mode, non-standard
+
+
+class PayloadType(enum.IntEnum):
+    """The payload types hep2pcap names in output (HEP-SPEC §4); others stay numeric."""
+
+    SIP = 0x01
+    RTP = 0x04
+    RTCP_JSON = 0x05
+    LOG = 0x64
+
+
+class IpProto(enum.IntEnum):
+    """IP protocol values seen in HEP (HEP-SPEC §6)."""
+
+    UNSET = 0
+    TCP = 6
+    UDP = 17
+    TLS = 22  # fake value (IPPROTO_IDP) used by Kamailio, OpenSIPS, FreeSWITCH
+    WEBSOCKET = 50  # fake value (IPPROTO_ESP) used by OpenSIPS
+    SCTP = 132
+
+
+KNOWN_IP_PROTOS = frozenset(int(p) for p in IpProto)
+
+# Fixed value sizes of generic chunks (HEP-SPEC §3.4); a mismatch is CHUNK_BAD_SIZE.
+_FIXED_SIZE: dict[int, int] = {
+    ChunkType.IP_FAMILY: 1,
+    ChunkType.IP_PROTO: 1,
+    ChunkType.SRC_IP4: 4,
+    ChunkType.DST_IP4: 4,
+    ChunkType.SRC_IP6: 16,
+    ChunkType.DST_IP6: 16,
+    ChunkType.SRC_PORT: 2,
+    ChunkType.DST_PORT: 2,
+    ChunkType.TS_SEC: 4,
+    ChunkType.TS_USEC: 4,
+    ChunkType.PAYLOAD_TYPE: 1,
+    ChunkType.CAPTURE_ID: 4,
+    ChunkType.KEEPALIVE: 2,
+    ChunkType.VLAN_ID: 2,
+    ChunkType.SRC_MAC: 8,
+    ChunkType.DST_MAC: 8,
+    ChunkType.ETHERNET_TYPE: 2,
+    ChunkType.TCP_FLAGS: 1,
+    ChunkType.IP_TOS: 1,
+    ChunkType.MOS: 2,
+    ChunkType.R_FACTOR: 2,
+    ChunkType.JITTER: 4,
+    ChunkType.TAG_TYPE: 2,
+    ChunkType.EVENT_TYPE: 2,
+}
+_KNOWN_CHUNKS = frozenset(int(c) for c in ChunkType)
+
+# HEP-SPEC §9: plausibility window and the NTP epoch offset.
+MIN_PLAUSIBLE_S = 946684800  # 2000-01-01T00:00:00Z
+MAX_FUTURE_S = 86400  # at most one day after the reference time
+NTP_EPOCH_OFFSET_S = 2208988800
+USEC_PER_S = 1_000_000
+
+
+@dataclass(slots=True)
+class HepMessage:
+    """One decoded HEP message, whatever its version.
+
+    Addresses are packed (4 or 16 bytes, network order). ``ts_us`` is integer microseconds
+    since the Unix epoch, or ``None`` when the message carries no usable time (HEPv1, or
+    v3 without a timestamp under ``use_receive_time``): the caller supplies the receive time.
+    """
+
+    version: int
+    ip_proto: int
+    src_ip: bytes
+    dst_ip: bytes
+    src_port: int
+    dst_port: int
+    ts_us: int | None
+    payload: bytes
+    payload_type: int | None = PayloadType.SIP
+    capture_id: int | None = None
+    auth_key: bytes | None = None
+    correlation_id: bytes | None = None
+    node_name: str | None = None
+    vlan_id: int | None = None
+    compressed: bool = False
+    warnings: tuple[Reason, ...] = field(default=(), compare=False)
+
+    @property
+    def ip_version(self) -> int:
+        """4 or 6, from the address size."""
+        return 4 if len(self.src_ip) == 4 else 6
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeOptions:
+    """Decoder switches (all off by default).
+
+    Attributes:
+        strict: reject on DUPLICATE_CHUNK and TRAILING_BYTES instead of warning.
+        lenient: accept the "EEP3" alias magic.
+        use_receive_time: a v3 message without a timestamp (or with both fields zero)
+            gets ``ts_us=None`` and a TS_RECEIVE_TIME warning instead of a rejection.
+        unknown_proto_udp: an IP protocol value outside HEP-SPEC §6 is kept (built as
+            UDP) instead of rejected.
+        max_inflated: cap for compressed payloads, in bytes.
+    """
+
+    strict: bool = False
+    lenient: bool = False
+    use_receive_time: bool = False
+    unknown_proto_udp: bool = False
+    max_inflated: int = MAX_INFLATED_PAYLOAD
+
+
+DEFAULT_OPTIONS = DecodeOptions()
+
+
+def decode(
+    data: bytes, ref_time_us: int | None = None, options: DecodeOptions = DEFAULT_OPTIONS
+) -> HepMessage:
+    """Decode one HEP message of any version from a datagram or a framed stream unit.
+
+    Args:
+        data: exactly one message (a datagram, or one unit cut by the stream deframer).
+        ref_time_us: the receive or file-record time, for timestamp plausibility (§9).
+            ``None`` means "unknown": only the fixed window 2000-01-01 … NTP epoch applies.
+        options: decoder switches.
+
+    Returns:
+        The decoded message; ``warnings`` lists the non-fatal reasons seen.
+
+    Raises:
+        DecodeError: the bytes are not a usable HEP message; ``reason`` says why.
+    """
+    if len(data) < 1:
+        raise DecodeError(Reason.TRUNCATED_HEADER, 0, "empty datagram")
+    first = data[0]
+    if first == 0x48 or first == 0x45:  # "H" / "E": v3 magic comes first (HEP-SPEC §1)
+        return _decode_v3(data, ref_time_us, options)
+    if first == 1 or first == 2:
+        return _decode_v12(data, ref_time_us, options)
+    raise DecodeError(Reason.UNKNOWN_VERSION, 0, f"first byte {first:#04x} is not HEP")
+
+
+def _decode_v3(data: bytes, ref_time_us: int | None, options: DecodeOptions) -> HepMessage:
+    size = len(data)
+    if size < HEP3_HEADER.size:
+        raise DecodeError(Reason.TRUNCATED_HEADER, 0, f"{size} bytes, a HEP3 header needs 6")
+    magic, total = HEP3_HEADER.unpack_from(data)
+    warnings: list[Reason] = []
+    if magic != HEP3_MAGIC:
+        if magic == EEP3_MAGIC and options.lenient:
+            warnings.append(Reason.EEP_ALIAS)
+        else:
+            raise DecodeError(Reason.BAD_MAGIC, 0, f"magic {magic.hex()} is not HEP3")
+    if total < HEP3_HEADER.size:
+        raise DecodeError(Reason.LENGTH_TOO_SMALL, 4, f"total length {total} < 6")
+    if total == HEP3_HEADER.size:
+        raise DecodeError(Reason.EMPTY_MESSAGE, 4, "total length 6: no chunks")
+    if total > size:
+        raise DecodeError(Reason.LENGTH_EXCEEDS_DATA, 4, f"total length {total}, only {size} bytes")
+    if total < size:
+        if options.strict:
+            raise DecodeError(
+                Reason.TRAILING_BYTES, total, f"{size - total} bytes after the message"
+            )
+        warnings.append(Reason.TRAILING_BYTES)
+
+    # One pass over the chunks; remember where each generic value lies (any order).
+    spans: dict[int, tuple[int, int]] = {}
+    unpack_chunk = CHUNK_HEADER.unpack_from
+    pos = HEP3_HEADER.size
+    while pos < total:
+        if total - pos < CHUNK_HEADER.size:
+            raise DecodeError(
+                Reason.CHUNK_HEADER_TRUNCATED, pos, f"{total - pos} bytes left for a chunk header"
+            )
+        vendor, ctype, clen = unpack_chunk(data, pos)
+        if clen < CHUNK_HEADER.size:
+            raise DecodeError(
+                Reason.CHUNK_LENGTH_TOO_SMALL, pos, f"chunk {ctype:#06x} claims length {clen}"
+            )
+        end = pos + clen
+        if end > total:
+            raise DecodeError(
+                Reason.CHUNK_OVERRUN,
+                pos,
+                f"chunk {ctype:#06x} claims {clen} bytes, {total - pos} left",
+            )
+        if vendor != 0:
+            warnings.append(Reason.VENDOR_CHUNK_SKIPPED)
+        elif ctype not in _KNOWN_CHUNKS:
+            if ctype == 0:
+                raise DecodeError(Reason.CHUNK_TYPE_ZERO, pos, "generic chunk type 0")
+            warnings.append(Reason.UNKNOWN_CHUNK)
+        else:
+            want = _FIXED_SIZE.get(ctype)
+            if want is not None and clen - CHUNK_HEADER.size != want:
+                raise DecodeError(
+                    Reason.CHUNK_BAD_SIZE,
+                    pos,
+                    f"chunk {ctype:#06x} value is {clen - 6} bytes, expected {want}",
+                )
+            if ctype in spans:
+                if options.strict:
+                    raise DecodeError(Reason.DUPLICATE_CHUNK, pos, f"chunk {ctype:#06x} twice")
+                warnings.append(Reason.DUPLICATE_CHUNK)
+            spans[ctype] = (pos + CHUNK_HEADER.size, end)
+        pos = end
+
+    def value(ctype: int) -> bytes | None:
+        span = spans.get(ctype)
+        return None if span is None else data[span[0] : span[1]]
+
+    def number(ctype: int) -> int | None:
+        span = spans.get(ctype)
+        return None if span is None else int.from_bytes(data[span[0] : span[1]], "big")
+
+    src_ip, dst_ip = _pick_addresses(data, spans, number(ChunkType.IP_FAMILY), warnings)
+
+    ip_proto = number(ChunkType.IP_PROTO)
+    if ip_proto is None:
+        ip_proto = IpProto.UNSET  # treated like Asterisk's proto 0: UDP
+    elif ip_proto not in KNOWN_IP_PROTOS and not options.unknown_proto_udp:
+        raise DecodeError(Reason.UNKNOWN_IP_PROTO, 0, f"IP protocol {ip_proto}")
+
+    src_port = number(ChunkType.SRC_PORT)
+    dst_port = number(ChunkType.DST_PORT)
+    if src_port is None or dst_port is None:
+        which = "source" if src_port is None else "destination"
+        raise DecodeError(Reason.MISSING_PORTS, 0, f"no {which} port chunk")
+
+    ts_sec = number(ChunkType.TS_SEC)
+    ts_usec = number(ChunkType.TS_USEC)
+    ts_us: int | None
+    if ts_sec is None or (ts_sec == 0 and not ts_usec):
+        if not options.use_receive_time:
+            if ts_sec is None:
+                raise DecodeError(Reason.MISSING_TIMESTAMP, 0, "no timestamp seconds chunk")
+            raise DecodeError(Reason.BAD_TIMESTAMP, 0, "timestamp is zero")
+        warnings.append(Reason.TS_RECEIVE_TIME)
+        ts_us = None
+    else:
+        if ts_usec is None:
+            warnings.append(Reason.MISSING_USEC)
+            ts_usec = 0
+        ts_us = repair_timestamp(ts_sec, ts_usec, ref_time_us, warnings)
+
+    payload = value(ChunkType.PAYLOAD)
+    packed = value(ChunkType.COMPRESSED_PAYLOAD)
+    compressed = packed is not None
+    if payload is None:
+        if packed is None:
+            raise DecodeError(Reason.NO_PAYLOAD, 0, "neither payload chunk 0x000f nor 0x0010")
+        payload = inflate(packed, spans[ChunkType.COMPRESSED_PAYLOAD][0], options.max_inflated)
+    elif packed is not None:
+        raise DecodeError(Reason.AMBIGUOUS_PAYLOAD, 0, "both payload chunks 0x000f and 0x0010")
+    if not payload:
+        raise DecodeError(Reason.EMPTY_PAYLOAD, 0, "payload is empty")
+
+    payload_type = number(ChunkType.PAYLOAD_TYPE)
+    node = value(ChunkType.NODE_NAME)
+    return HepMessage(
+        version=3,
+        ip_proto=ip_proto,
+        src_ip=src_ip,
+        dst_ip=dst_ip,
+        src_port=src_port,
+        dst_port=dst_port,
+        ts_us=ts_us,
+        payload=payload,
+        payload_type=payload_type,
+        capture_id=number(ChunkType.CAPTURE_ID),
+        auth_key=value(ChunkType.AUTH_KEY),
+        correlation_id=value(ChunkType.CORRELATION_ID),
+        node_name=None if node is None else node.decode("utf-8", "replace"),
+        vlan_id=number(ChunkType.VLAN_ID),
+        compressed=compressed,
+        warnings=tuple(warnings),
+    )
+
+
+def _pick_addresses(
+    data: bytes, spans: dict[int, tuple[int, int]], family: int | None, warnings: list[Reason]
+) -> tuple[bytes, bytes]:
+    # HEP-SPEC §10: the address chunks decide the family; the family chunk is a hint
+    # (hep-js writes IPv4 chunks even when the family says IPv6).
+    def get(ctype: int) -> bytes | None:
+        span = spans.get(ctype)
+        return None if span is None else data[span[0] : span[1]]
+
+    src4, dst4 = get(ChunkType.SRC_IP4), get(ChunkType.DST_IP4)
+    src6, dst6 = get(ChunkType.SRC_IP6), get(ChunkType.DST_IP6)
+    fam6 = family in AF_INET6_VALUES
+    if src4 is not None and dst4 is not None and (not fam6 or src6 is None or dst6 is None):
+        return _check_family(src4, dst4, family, fam6, warnings)
+    if src6 is not None and dst6 is not None:
+        return _check_family(src6, dst6, family, fam6, warnings)
+    src = src4 if src4 is not None else src6
+    dst = dst4 if dst4 is not None else dst6
+    if src is None:
+        raise DecodeError(Reason.MISSING_SRC_ADDR, 0, "no source address chunk")
+    if dst is None:
+        raise DecodeError(Reason.MISSING_DST_ADDR, 0, "no destination address chunk")
+    raise DecodeError(
+        Reason.MIXED_ADDRESS_FAMILY,
+        0,
+        f"source is IPv{4 if len(src) == 4 else 6}, destination IPv{4 if len(dst) == 4 else 6}",
+    )
+
+
+def _check_family(
+    src: bytes, dst: bytes, family: int | None, fam6: bool, warnings: list[Reason]
+) -> tuple[bytes, bytes]:
+    if family is not None and (fam6 != (len(src) == 16) or not (fam6 or family == AF_INET)):
+        warnings.append(Reason.FAMILY_MISMATCH)
+    return src, dst
+
+
+def inflate(packed: bytes, offset: int = 0, cap: int = MAX_INFLATED_PAYLOAD) -> bytes:
+    """Inflate a compressed payload chunk (HEP-SPEC §7): zlib or gzip, then raw deflate.
+
+    Raises:
+        DecodeError: DECOMPRESS_FAILED, or DECOMPRESS_TOO_LARGE past ``cap`` bytes.
+    """
+    # wbits 47 = auto-detect zlib or gzip header; -15 = raw deflate as a last resort.
+    for wbits in (47, -15):
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(packed, cap + 1)
+        except zlib.error:
+            continue
+        if len(out) > cap or inflater.unconsumed_tail:
+            raise DecodeError(
+                Reason.DECOMPRESS_TOO_LARGE, offset, f"inflates past the {cap}-byte cap"
+            )
+        if inflater.eof:
+            return out
+    raise DecodeError(
+        Reason.DECOMPRESS_FAILED, offset, f"{len(packed)} bytes are not zlib, gzip or deflate"
+    )
+
+
+def _plausible(sec: int, ref_time_us: int | None) -> bool:
+    upper = NTP_EPOCH_OFFSET_S if ref_time_us is None else ref_time_us // USEC_PER_S + MAX_FUTURE_S
+    return MIN_PLAUSIBLE_S <= sec <= upper
+
+
+def _bswap32(value: int) -> int:
+    return int.from_bytes(value.to_bytes(4, "big"), "little")
+
+
+def repair_timestamp(sec: int, usec: int, ref_time_us: int | None, warnings: list[Reason]) -> int:
+    """Turn HEP seconds/microseconds into microseconds, applying HEP-SPEC §9's repairs.
+
+    Args:
+        sec, usec: the values as decoded.
+        ref_time_us: receive/record time for the upper plausibility bound, if known.
+        warnings: a repair appends its reason here.
+
+    Returns:
+        Microseconds since the Unix epoch.
+
+    Raises:
+        DecodeError: BAD_TIMESTAMP when no repair gives a plausible time.
+    """
+    if usec >= USEC_PER_S:
+        # rtpengine 2025 wrote both fields little-endian (§9.2).
+        sec2, usec2 = _bswap32(sec), _bswap32(usec)
+        if usec2 < USEC_PER_S and _plausible(sec2, ref_time_us):
+            warnings.append(Reason.TS_BYTE_SWAPPED)
+            return sec2 * USEC_PER_S + usec2
+        raise DecodeError(Reason.BAD_TIMESTAMP, 0, f"microseconds {usec} >= 1000000")
+    if _plausible(sec, ref_time_us):
+        return sec * USEC_PER_S + usec
+    if sec >= NTP_EPOCH_OFFSET_S and _plausible(sec - NTP_EPOCH_OFFSET_S, ref_time_us):
+        warnings.append(Reason.TS_NTP_EPOCH)  # FreeSWITCH on Windows (§9.3)
+        return (sec - NTP_EPOCH_OFFSET_S) * USEC_PER_S + usec
+    raise DecodeError(Reason.BAD_TIMESTAMP, 0, f"seconds {sec} outside the plausible window")
+
+
+def _decode_v12(data: bytes, ref_time_us: int | None, options: DecodeOptions) -> HepMessage:
+    size = len(data)
+    if size < V12_HEADER.size:
+        raise DecodeError(Reason.V12_TRUNCATED, 0, f"{size} bytes, a v1/v2 header needs 8")
+    version, hdr_len, family, proto, sport, dport = V12_HEADER.unpack_from(data)
+    if family == AF_INET:
+        alen = 4
+    elif family in AF_INET6_VALUES:
+        alen = 16
+    else:
+        raise DecodeError(Reason.V12_BAD_FAMILY, 2, f"address family {family}")
+    addr_end = V12_HEADER.size + 2 * alen
+    fixed = addr_end + (V2_TIME_LE.size if version == 2 else 0)
+    if size < fixed:
+        raise DecodeError(
+            Reason.V12_TRUNCATED,
+            0,
+            f"{size} bytes, HEPv{version} IPv{alen // 4 * 2 + 2} needs {fixed}",
+        )
+    if proto not in KNOWN_IP_PROTOS and not options.unknown_proto_udp:
+        raise DecodeError(Reason.UNKNOWN_IP_PROTO, 3, f"IP protocol {proto}")
+    warnings: list[Reason] = []
+    if hdr_len not in (16, 28, 40, 52):  # §2.3: advisory only
+        warnings.append(Reason.V12_HEADER_LENGTH)
+    src = data[V12_HEADER.size : V12_HEADER.size + alen]
+    dst = data[V12_HEADER.size + alen : addr_end]
+    ts_us: int | None = None
+    capture_id: int | None = None
+    if version == 2:
+        sec, usec, capture_id = V2_TIME_LE.unpack_from(data, addr_end)
+        if usec >= USEC_PER_S or not _plausible(sec, ref_time_us):
+            bsec, busec, bcid = V2_TIME_BE.unpack_from(data, addr_end)
+            if busec < USEC_PER_S and _plausible(bsec, ref_time_us):  # §2.4
+                warnings.append(Reason.V2_TIME_BIG_ENDIAN)
+                sec, usec, capture_id = bsec, busec, bcid
+        try:
+            ts_us = repair_timestamp(sec, usec, ref_time_us, warnings)
+        except DecodeError as exc:
+            raise DecodeError(exc.reason, addr_end, exc.detail) from None
+    payload = data[fixed:]
+    if not payload:
+        raise DecodeError(Reason.EMPTY_PAYLOAD, fixed, "payload is empty")
+    return HepMessage(
+        version=version,
+        ip_proto=proto,
+        src_ip=src,
+        dst_ip=dst,
+        src_port=sport,
+        dst_port=dport,
+        ts_us=ts_us,
+        payload=payload,
+        capture_id=capture_id,
+        warnings=tuple(warnings),
+    )
+
+
+# --- encoding (used by tests, the benchmark generator and fixtures) -------------------
+
+
+def _chunk(ctype: int, value: bytes) -> bytes:
+    return CHUNK_HEADER.pack(0, ctype, CHUNK_HEADER.size + len(value)) + value
+
+
+def encode(msg: HepMessage, *, compress: bool = False) -> bytes:
+    """Encode a message as HEP ``msg.version`` (1, 2 or 3).
+
+    Args:
+        msg: the message; ``ts_us`` must be set for v2 and v3.
+        compress: v3 only: put the payload zlib-compressed into chunk 0x0010.
+
+    Returns:
+        The wire bytes.
+
+    Raises:
+        ValueError: the message cannot be represented (too long, no timestamp for v2/v3).
+    """
+    if msg.version in (1, 2):
+        return _encode_v12(msg)
+    if msg.ts_us is None:
+        raise ValueError("HEPv3 needs a timestamp")
+    six = len(msg.src_ip) == 16
+    sec, usec = divmod(msg.ts_us, USEC_PER_S)
+    parts = [
+        _chunk(ChunkType.IP_FAMILY, bytes([AF_INET6_LINUX if six else AF_INET])),
+        _chunk(ChunkType.IP_PROTO, bytes([msg.ip_proto])),
+        _chunk(ChunkType.SRC_IP6 if six else ChunkType.SRC_IP4, msg.src_ip),
+        _chunk(ChunkType.DST_IP6 if six else ChunkType.DST_IP4, msg.dst_ip),
+        _chunk(ChunkType.SRC_PORT, msg.src_port.to_bytes(2, "big")),
+        _chunk(ChunkType.DST_PORT, msg.dst_port.to_bytes(2, "big")),
+        _chunk(ChunkType.TS_SEC, sec.to_bytes(4, "big")),
+        _chunk(ChunkType.TS_USEC, usec.to_bytes(4, "big")),
+    ]
+    if msg.payload_type is not None:
+        parts.append(_chunk(ChunkType.PAYLOAD_TYPE, bytes([msg.payload_type])))
+    if msg.capture_id is not None:
+        parts.append(_chunk(ChunkType.CAPTURE_ID, msg.capture_id.to_bytes(4, "big")))
+    if msg.auth_key is not None:
+        parts.append(_chunk(ChunkType.AUTH_KEY, msg.auth_key))
+    if msg.correlation_id is not None:
+        parts.append(_chunk(ChunkType.CORRELATION_ID, msg.correlation_id))
+    if msg.node_name is not None:
+        parts.append(_chunk(ChunkType.NODE_NAME, msg.node_name.encode()))
+    if msg.vlan_id is not None:
+        parts.append(_chunk(ChunkType.VLAN_ID, msg.vlan_id.to_bytes(2, "big")))
+    if compress or msg.compressed:
+        parts.append(_chunk(ChunkType.COMPRESSED_PAYLOAD, zlib.compress(msg.payload)))
+    else:
+        parts.append(_chunk(ChunkType.PAYLOAD, msg.payload))
+    body = b"".join(parts)
+    total = HEP3_HEADER.size + len(body)
+    if total > MAX_HEP3_LENGTH:
+        raise ValueError(f"HEPv3 message would be {total} bytes (max {MAX_HEP3_LENGTH})")
+    return HEP3_HEADER.pack(HEP3_MAGIC, total) + body
+
+
+def _encode_v12(msg: HepMessage) -> bytes:
+    six = len(msg.src_ip) == 16
+    family = AF_INET6_LINUX if six else AF_INET
+    hdr_len = 40 if six else 16  # Kamailio convention: time header not counted (§2.3)
+    head = V12_HEADER.pack(msg.version, hdr_len, family, msg.ip_proto, msg.src_port, msg.dst_port)
+    head += msg.src_ip + msg.dst_ip
+    if msg.version == 2:
+        if msg.ts_us is None:
+            raise ValueError("HEPv2 needs a timestamp")
+        sec, usec = divmod(msg.ts_us, USEC_PER_S)
+        head += V2_TIME_LE.pack(sec, usec, msg.capture_id or 0)
+    return head + msg.payload

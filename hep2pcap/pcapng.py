@@ -1,0 +1,194 @@
+"""Write pcapng (and classic pcap) blocks.
+
+Owns: the block layouts of the pcapng draft (draft-ietf-opsawg-pcapng) — SHB, IDB, EPB,
+options, 32-bit padding — and the classic libpcap file format. Must never: open files,
+read clocks or decide what goes into a frame. The writers take any binary file object
+and write one whole block per call, so a reader sees complete blocks up to the last flush.
+
+All interfaces share one link type and snap length: libpcap (and so sngrep) refuses a
+pcapng whose interfaces differ in either.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import BinaryIO, Protocol
+
+BLOCK_TYPE_SHB = 0x0A0D0D0A
+BLOCK_TYPE_IDB = 0x00000001
+BLOCK_TYPE_EPB = 0x00000006
+BYTE_ORDER_MAGIC = 0x1A2B3C4D
+
+OPT_ENDOFOPT = 0
+OPT_COMMENT = 1
+OPT_SHB_USERAPPL = 4
+OPT_IF_NAME = 2
+OPT_IF_DESCRIPTION = 3
+
+#: Native little-endian layouts; readers handle either byte order.
+BLOCK_HEADER = struct.Struct("<II")
+SHB_BODY = struct.Struct("<IHHq")  # byte-order magic, major, minor, section length (-1)
+IDB_BODY = struct.Struct("<HHI")  # link type, reserved, snap length
+EPB_BODY = struct.Struct("<IIIII")  # interface, ts high, ts low, captured len, original len
+OPTION_HEADER = struct.Struct("<HH")
+
+PCAP_MAGIC_US = 0xA1B2C3D4
+PCAP_FILE_HEADER = struct.Struct("<IHHiIII")  # magic, major, minor, zone, sigfigs, snaplen, lt
+PCAP_RECORD_HEADER = struct.Struct("<IIII")  # ts sec, ts usec, captured len, original len
+
+#: Snap length for every interface: frames up to 65535 + 14 bytes of Ethernet must fit, and
+#: 262144 is libpcap's own maximum (MAXIMUM_SNAPLEN), so sngrep accepts it.
+SNAPLEN = 262144
+
+_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+
+
+def _option(code: int, value: bytes) -> bytes:
+    return OPTION_HEADER.pack(code, len(value)) + value + _PAD[len(value) & 3]
+
+
+def _options(opts: list[tuple[int, bytes]]) -> bytes:
+    if not opts:
+        return b""
+    return b"".join(_option(c, v) for c, v in opts) + OPTION_HEADER.pack(OPT_ENDOFOPT, 0)
+
+
+def _block(block_type: int, body: bytes) -> bytes:
+    total = BLOCK_HEADER.size + len(body) + 4
+    return BLOCK_HEADER.pack(block_type, total) + body + total.to_bytes(4, "little")
+
+
+def encode_shb(user_appl: str) -> bytes:
+    """Section Header Block (version 1.0, unknown section length)."""
+    body = SHB_BODY.pack(BYTE_ORDER_MAGIC, 1, 0, -1)
+    return _block(BLOCK_TYPE_SHB, body + _options([(OPT_SHB_USERAPPL, user_appl.encode())]))
+
+
+def encode_idb(linktype: int, snaplen: int, name: str, description: str) -> bytes:
+    """Interface Description Block; timestamps use the default microsecond resolution."""
+    opts = [(OPT_IF_NAME, name.encode()), (OPT_IF_DESCRIPTION, description.encode())]
+    return _block(BLOCK_TYPE_IDB, IDB_BODY.pack(linktype, 0, snaplen) + _options(opts))
+
+
+def encode_epb(interface: int, ts_us: int, frame: bytes, comment: str | None = None) -> bytes:
+    """Enhanced Packet Block with an optional comment option."""
+    size = len(frame)
+    body = EPB_BODY.pack(interface, ts_us >> 32, ts_us & 0xFFFFFFFF, size, size)
+    tail = _PAD[size & 3]
+    if comment:
+        tail += _options([(OPT_COMMENT, comment.encode("utf-8", "replace"))])
+    total = BLOCK_HEADER.size + EPB_BODY.size + size + len(tail) + 4
+    return b"".join(
+        (BLOCK_HEADER.pack(BLOCK_TYPE_EPB, total), body, frame, tail, total.to_bytes(4, "little"))
+    )
+
+
+class PacketWriter(Protocol):
+    """What the pipeline writes to: pcapng, classic pcap, or a rotating wrapper."""
+
+    def write_packet(
+        self, agent: int | None, node: str | None, ts_us: int, frame: bytes, comment: str | None
+    ) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def interface_name(agent: int | None) -> str:
+    """How an interface is named for a capture agent id."""
+    return "hep-no-agent-id" if agent is None else f"hep-agent-{agent}"
+
+
+def interface_description(agent: int | None, node: str | None) -> str:
+    """Human description of a capture agent's interface."""
+    who = "HEP sender without capture agent id" if agent is None else f"HEP capture agent {agent}"
+    return f"{who} (node {node})" if node else who
+
+
+class PcapngWriter:
+    """pcapng writer: one interface per HEP capture agent id, created when first seen.
+
+    Args:
+        out: binary file object; blocks are written whole.
+        linktype: link type shared by every interface.
+        comments: write per-packet comments.
+        snaplen: snap length shared by every interface.
+    """
+
+    def __init__(
+        self, out: BinaryIO, linktype: int, *, comments: bool = True, snaplen: int = SNAPLEN
+    ) -> None:
+        from . import __version__
+
+        self._out = out
+        self._linktype = linktype
+        self._snaplen = snaplen
+        self._comments = comments
+        self._interfaces: dict[int | None, int] = {}
+        self.bytes_written = 0
+        self._write(encode_shb(f"hep2pcap {__version__}"))
+
+    def _write(self, block: bytes) -> None:
+        self._out.write(block)
+        self.bytes_written += len(block)
+
+    def write_packet(
+        self, agent: int | None, node: str | None, ts_us: int, frame: bytes, comment: str | None
+    ) -> None:
+        """Write one frame on the interface of capture agent ``agent``."""
+        iface = self._interfaces.get(agent)
+        if iface is None:
+            iface = self._interfaces[agent] = len(self._interfaces)
+            self._write(
+                encode_idb(
+                    self._linktype,
+                    self._snaplen,
+                    interface_name(agent),
+                    interface_description(agent, node),
+                )
+            )
+        self._write(encode_epb(iface, ts_us, frame, comment if self._comments else None))
+
+    def flush(self) -> None:
+        """Flush the underlying file object."""
+        self._out.flush()
+
+    def close(self) -> None:
+        """Flush; the caller owns (and closes) the file object."""
+        self.flush()
+
+
+class PcapWriter:
+    """Classic libpcap writer (microsecond timestamps); agents and comments are dropped.
+
+    Args:
+        out: binary file object.
+        linktype: the file's link type.
+        snaplen: the file's snap length.
+    """
+
+    def __init__(self, out: BinaryIO, linktype: int, *, snaplen: int = SNAPLEN) -> None:
+        self._out = out
+        self.bytes_written = 0
+        self._write(PCAP_FILE_HEADER.pack(PCAP_MAGIC_US, 2, 4, 0, 0, snaplen, linktype))
+
+    def _write(self, data: bytes) -> None:
+        self._out.write(data)
+        self.bytes_written += len(data)
+
+    def write_packet(
+        self, agent: int | None, node: str | None, ts_us: int, frame: bytes, comment: str | None
+    ) -> None:
+        """Write one record."""
+        sec, usec = divmod(ts_us, 1_000_000)
+        size = len(frame)
+        self._write(PCAP_RECORD_HEADER.pack(sec, usec, size, size) + frame)
+
+    def flush(self) -> None:
+        """Flush the underlying file object."""
+        self._out.flush()
+
+    def close(self) -> None:
+        """Flush; the caller owns (and closes) the file object."""
+        self.flush()

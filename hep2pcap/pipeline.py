@@ -1,0 +1,357 @@
+"""The one loop shared by offline conversion and live capture.
+
+Owns: decode → accept (auth, payload type) → merge inputs → reorder by HEP time within a
+bounded window → build frames → write. Sources (files, sockets) yield :class:`Record`,
+:class:`Problem` and, for live inputs, :class:`Tick` items; this module never opens files
+or sockets itself and reads no clock (ticks carry the time).
+"""
+
+from __future__ import annotations
+
+import heapq
+import hmac
+import itertools
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from heapq import heappop, heappush
+from typing import NamedTuple, Protocol
+
+from .errors import DecodeError, Reason, StrictError
+from .frames import LINKTYPE_ETHERNET, FrameBuilder, transport_of
+from .hep import DEFAULT_OPTIONS, DecodeOptions, HepMessage, IpProto, PayloadType, decode
+from .pcapng import PacketWriter
+from .stats import Stats
+
+log = logging.getLogger("hep2pcap")
+
+#: How many times each reason is logged in detail before going quiet (counting goes on).
+WARN_LIMIT = 5
+
+
+class Record(NamedTuple):
+    """One unit of HEP from a source: a datagram, or one message cut from a stream.
+
+    ``ts_us`` is the receive or file-record time (``None`` for raw dumps);
+    ``pos`` is where it came from, in the source's ``unit`` (record number, offset…).
+    """
+
+    data: bytes
+    ts_us: int | None
+    pos: int
+
+
+class Problem(NamedTuple):
+    """Something a source could not turn into a record (counted, never fatal)."""
+
+    reason: Reason
+    pos: int
+    detail: str
+
+
+class Tick(NamedTuple):
+    """Live sources yield this when idle, so the reorder window drains by wall time."""
+
+    now_us: int
+
+
+class Source(Protocol):
+    """A named iterable of records; ``unit`` names what ``Record.pos`` counts."""
+
+    name: str
+    unit: str
+
+    def __iter__(self) -> Iterator[Record | Problem | Tick]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What the pipeline accepts and how it writes.
+
+    Attributes:
+        decode: decoder switches.
+        password: when set, the auth key must be present and equal (HEP-SPEC §8).
+        payload_types: payload types to write; ``None`` writes all.
+        window_us: reorder window in HEP time.
+        max_pending: cap on messages held in the window (memory bound).
+        comments: write a per-packet comment.
+        strict: the first malformed message ends the run with :class:`StrictError`.
+        linktype: LINKTYPE_ETHERNET or LINKTYPE_RAW.
+    """
+
+    decode: DecodeOptions = DEFAULT_OPTIONS
+    password: bytes | None = None
+    payload_types: frozenset[int] | None = frozenset({PayloadType.SIP})
+    window_us: int = 2_000_000
+    max_pending: int = 100_000
+    comments: bool = True
+    strict: bool = False
+    linktype: int = LINKTYPE_ETHERNET
+
+
+_PROTO_NAMES: dict[int, str] = {
+    IpProto.UNSET: "unset",
+    IpProto.TCP: "TCP",
+    IpProto.UDP: "UDP",
+    IpProto.TLS: "TLS",
+    IpProto.WEBSOCKET: "WebSocket",
+    IpProto.SCTP: "SCTP",
+}
+_TYPE_NAMES: dict[int, str] = {
+    PayloadType.SIP: "SIP",
+    PayloadType.RTP: "RTP",
+    PayloadType.RTCP_JSON: "RTCP-JSON",
+    PayloadType.LOG: "LOG",
+}
+
+
+def proto_label(ip_proto: int) -> str:
+    """``"22 (TLS)"`` — the original HEP protocol value with its meaning."""
+    name = _PROTO_NAMES.get(ip_proto)
+    return f"{ip_proto} ({name})" if name else str(ip_proto)
+
+
+def transport_label(ip_proto: int) -> str:
+    """What the summary calls a message's transport: UDP, TCP, TLS, WebSocket, …"""
+    name = _PROTO_NAMES.get(ip_proto, f"proto-{ip_proto}")
+    built = "TCP" if transport_of(ip_proto) == 6 else "UDP"
+    return name if name in ("UDP", "TCP") else f"{name}(as {built})"
+
+
+def describe(msg: HepMessage, extra: Reason | None = None) -> str:
+    """The packet comment: the HEP facts a person needs next to the frame."""
+    parts = [f"HEPv{msg.version}"]
+    parts.append(f"agent {msg.capture_id}" if msg.capture_id is not None else "no agent id")
+    if msg.node_name:
+        parts.append(f"node {msg.node_name}")
+    parts.append(f"proto {proto_label(msg.ip_proto)}")
+    if msg.payload_type is not None and msg.payload_type != PayloadType.SIP:
+        name = _TYPE_NAMES.get(msg.payload_type)
+        parts.append(f"type {msg.payload_type}" + (f" ({name})" if name else ""))
+    if msg.correlation_id:
+        parts.append(f"correlation {msg.correlation_id[:200].decode('utf-8', 'replace')}")
+    if msg.compressed:
+        parts.append("compressed payload")
+    notes = [r.value for r in msg.warnings if r in _NOTED]
+    if extra is not None:
+        notes.append(extra.value)
+    if notes:
+        parts.append("repaired: " + ", ".join(notes))
+    return "; ".join(parts)
+
+
+# Warnings worth a note in the packet comment (the others are structural trivia).
+_NOTED = frozenset(
+    {
+        Reason.TS_RECEIVE_TIME,
+        Reason.TS_BYTE_SWAPPED,
+        Reason.TS_NTP_EPOCH,
+        Reason.V2_TIME_BIG_ENDIAN,
+        Reason.MISSING_USEC,
+        Reason.FAMILY_MISMATCH,
+    }
+)
+
+
+def _looks_like_sip(payload: bytes) -> bool:
+    # A request line ends in " SIP/2.0", a status line starts with "SIP/2.0 ".
+    head = payload[:512].split(b"\n", 1)[0].rstrip(b"\r")
+    return head.startswith(b"SIP/2.0 ") or head.endswith(b" SIP/2.0")
+
+
+@dataclass(slots=True)
+class _Reporter:
+    """Counts rejections and logs the first few of each reason in detail."""
+
+    stats: Stats
+    strict: bool
+    logged: dict[Reason, int] = field(default_factory=dict)
+
+    def reject(self, reason: Reason, where: str, detail: str) -> None:
+        skipped = self.stats.reject(reason)
+        self._log(reason, where, detail, skipped)
+        if self.strict and not skipped:
+            raise StrictError(f"{where}: {reason.value}: {detail} (--strict)")
+
+    def input_problem(self, problem: Problem, where: str) -> None:
+        skipped = problem.reason is Reason.NOT_HEP
+        self.stats.input_problems[problem.reason] += 1
+        self._log(problem.reason, where, problem.detail, skipped)
+        if self.strict and not skipped:
+            raise StrictError(f"{where}: {problem.reason.value}: {problem.detail} (--strict)")
+
+    def _log(self, reason: Reason, where: str, detail: str, quiet: bool) -> None:
+        seen = self.logged.get(reason, 0)
+        self.logged[reason] = seen + 1
+        if seen < WARN_LIMIT:
+            level = logging.DEBUG if quiet else logging.WARNING
+            log.log(level, "%s: %s: %s", where, reason.value, detail)
+            if seen + 1 == WARN_LIMIT:
+                log.log(level, "(further %s messages are counted, not shown)", reason.value)
+
+
+def iter_messages(
+    source: Source, options: Options, reporter: _Reporter, order: Iterator[int]
+) -> Iterator[tuple[int, int, HepMessage] | Tick]:
+    """Decode and accept one source's records; yield ``(ts_us, arrival, message)``."""
+    stats = reporter.stats
+    dopts = options.decode
+    password = options.password
+    types = options.payload_types
+    name, unit = source.name, source.unit
+    for item in source:
+        if type(item) is Record:
+            data, rec_ts, pos = item
+            stats.read += 1
+            try:
+                msg = decode(data, rec_ts, dopts)
+            except DecodeError as exc:
+                reporter.reject(exc.reason, f"{name} {unit} {pos}", exc.detail)
+                continue
+            if password is not None:
+                reason = _check_auth(msg, password)
+                if reason is not None:
+                    reporter.reject(reason, f"{name} {unit} {pos}", "auth key check failed")
+                    continue
+            ptype = msg.payload_type
+            if types is not None and ptype not in types:
+                if ptype is not None:
+                    reporter.reject(
+                        Reason.UNSUPPORTED_PAYLOAD_TYPE,
+                        f"{name} {unit} {pos}",
+                        f"payload type {ptype}",
+                    )
+                    continue
+                if PayloadType.SIP not in types or not _looks_like_sip(msg.payload):
+                    reporter.reject(
+                        Reason.MISSING_PAYLOAD_TYPE,
+                        f"{name} {unit} {pos}",
+                        "no payload type, not SIP",
+                    )
+                    continue
+                stats.warnings[Reason.MISSING_PAYLOAD_TYPE] += 1
+            ts = msg.ts_us
+            if ts is None:
+                if rec_ts is None:
+                    reporter.reject(
+                        Reason.MISSING_TIMESTAMP,
+                        f"{name} {unit} {pos}",
+                        "no HEP time and no receive time",
+                    )
+                    continue
+                ts = rec_ts
+            for w in msg.warnings:
+                stats.warnings[w] += 1
+            yield (ts, next(order), msg)
+        elif type(item) is Problem:
+            reporter.input_problem(item, f"{name} {unit} {item.pos}")
+        else:
+            assert type(item) is Tick
+            yield item
+
+
+def _check_auth(msg: HepMessage, password: bytes) -> Reason | None:
+    if msg.version != 3:
+        return Reason.V12_AUTH_REQUIRED
+    if not msg.auth_key:
+        return Reason.AUTH_MISSING
+    if not hmac.compare_digest(msg.auth_key, password):  # exact, constant time (HEP-SPEC §8)
+        return Reason.AUTH_MISMATCH
+    return None
+
+
+class Converter:
+    """Reorder window + frame builder + writer: the back half of the loop.
+
+    Args:
+        writer: where frames go.
+        options: pipeline options.
+        stats: counters to update.
+    """
+
+    def __init__(self, writer: PacketWriter, options: Options, stats: Stats) -> None:
+        self.writer = writer
+        self.options = options
+        self.stats = stats
+        self.builder = FrameBuilder(options.linktype)
+        self._heap: list[tuple[int, int, HepMessage]] = []
+        self._newest = -1
+        self._last_written = -1
+
+    def push(self, item: tuple[int, int, HepMessage]) -> None:
+        """Add a message; write every message now older than the window."""
+        heap = self._heap
+        heappush(heap, item)
+        ts = item[0]
+        if ts > self._newest:
+            self._newest = ts
+        horizon = self._newest - self.options.window_us
+        while heap and (heap[0][0] <= horizon or len(heap) > self.options.max_pending):
+            self._write(heappop(heap))
+
+    def drain_until(self, now_us: int) -> None:
+        """Live: write what has waited a whole window of wall time (HEP time assumed ~wall)."""
+        heap = self._heap
+        horizon = now_us - self.options.window_us
+        while heap and heap[0][0] <= horizon:
+            self._write(heappop(heap))
+
+    def finish(self) -> None:
+        """Write everything still held, in time order."""
+        heap = self._heap
+        while heap:
+            self._write(heappop(heap))
+
+    def _write(self, item: tuple[int, int, HepMessage]) -> None:
+        ts, _, msg = item
+        stats = self.stats
+        if ts < self._last_written:
+            stats.late += 1
+        else:
+            self._last_written = ts
+        frames, warning = self.builder.build(msg)
+        if warning is not None:
+            stats.warnings[warning] += 1
+        comment = describe(msg, warning) if self.options.comments else None
+        agent, node, write = msg.capture_id, msg.node_name, self.writer.write_packet
+        for frame in frames:
+            write(agent, node, ts, frame, comment)
+        stats.written += 1
+        stats.frames += len(frames)
+        stats.agents[agent] += 1
+        stats.transports[transport_label(msg.ip_proto)] += 1
+        stats.directions[(msg.src_ip, msg.src_port, msg.dst_ip, msg.dst_port)] += 1
+
+
+def convert(
+    sources: Iterable[Source], writer: PacketWriter, options: Options, stats: Stats | None = None
+) -> Stats:
+    """Run the loop: read every source (merged by time), write frames, return the counters.
+
+    Raises:
+        StrictError: ``options.strict`` and a malformed message was found; everything
+            accepted before it has been written.
+        Hep2PcapError: a source failed as a whole (unreadable input).
+    """
+    stats = stats if stats is not None else Stats()
+    reporter = _Reporter(stats, options.strict)
+    order = itertools.count()
+    streams = [iter_messages(s, options, reporter, order) for s in sources]
+    # Several inputs are merged by (approximate) time; the window fixes local disorder.
+    items = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=_merge_key)
+    conv = Converter(writer, options, stats)
+    try:
+        for item in items:
+            if isinstance(item, Tick):
+                conv.drain_until(item.now_us)
+                writer.flush()
+            else:
+                conv.push(item)
+    finally:
+        conv.finish()
+        writer.flush()
+    return stats
+
+
+def _merge_key(item: tuple[int, int, HepMessage] | Tick) -> int:
+    return item.now_us if isinstance(item, Tick) else item[0]

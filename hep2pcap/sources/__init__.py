@@ -1,0 +1,109 @@
+"""Inputs: open a path (or ``-``), detect its format from its first bytes, return a Source.
+
+Owns: the edge where files are opened, gzip is undone and formats are told apart. Must
+never: decode HEP itself (that is the pipeline's job) or guess from the file name.
+"""
+
+from __future__ import annotations
+
+import gzip
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import BinaryIO, Protocol
+
+from ..errors import InputError
+from ..pipeline import Source
+from .rawfile import RawHepSource
+
+PCAP_MAGICS = frozenset(bytes.fromhex(m) for m in ("a1b2c3d4", "d4c3b2a1", "a1b23c4d", "4d3cb2a1"))
+PCAPNG_MAGIC = bytes.fromhex("0a0d0d0a")
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+class Readable(Protocol):
+    """The one method sources need from a byte stream."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class Prepended:
+    """A read-only stream that yields ``head`` and then the rest of ``stream``."""
+
+    def __init__(self, head: bytes, stream: Readable) -> None:
+        self._head = head
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        """Read like ``BinaryIO.read``."""
+        head = self._head
+        if not head:
+            return self._stream.read(size)
+        if size < 0:
+            self._head = b""
+            return head + self._stream.read()
+        if size <= len(head):
+            self._head = head[size:]
+            return head[:size]
+        self._head = b""
+        return head + self._stream.read(size - len(head))
+
+
+def _read_exact(stream: Readable, size: int) -> bytes:
+    out = b""
+    while len(out) < size:
+        part = stream.read(size - len(out))
+        if not part:
+            break
+        out += part
+    return out
+
+
+def open_input(path: str, stack: ExitStack) -> Source:
+    """Open one input and return the source that reads it.
+
+    Args:
+        path: a file path, or ``-`` for standard input.
+        stack: owns the opened files; closing it closes them.
+
+    Raises:
+        InputError: unreadable, or not a format hep2pcap reads (one clear line).
+    """
+    name = "stdin" if path == "-" else path
+    try:
+        raw: BinaryIO = sys.stdin.buffer if path == "-" else stack.enter_context(open(path, "rb"))  # noqa: SIM115
+    except OSError as exc:
+        raise InputError(f"{name}: cannot open: {exc.strerror or exc}") from exc
+    try:
+        head = _read_exact(raw, 4)
+        stream = Prepended(head, raw)
+        if head[:2] == GZIP_MAGIC:
+            unzipped = stack.enter_context(gzip.GzipFile(fileobj=stream, mode="rb"))  # type: ignore[call-overload]
+            head = _read_exact(unzipped, 4)
+            stream = Prepended(head, unzipped)
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{name}: cannot read: {exc}") from exc
+    return _detect(name, head, stream)
+
+
+def _detect(name: str, head: bytes, stream: Readable) -> Source:
+    if head in PCAP_MAGICS or head == PCAPNG_MAGIC:
+        from .pcapfile import PcapSource  # only pcap inputs pay for this import
+
+        return PcapSource(name, stream)
+    if head[:4] in (b"HEP3", b"EEP3") or not head:
+        return RawHepSource(name, stream, lenient=head[:4] == b"EEP3")
+    if head[0] in (1, 2):
+        raise InputError(
+            f"{name}: starts like HEPv{head[0]}, which has no length field and cannot be read "
+            "from a raw file; capture it as a pcap (tcpdump -w) instead"
+        )
+    raise InputError(
+        f"{name}: unknown format (first bytes {head.hex()}); expected a raw HEPv3 dump, "
+        "pcap or pcapng, optionally gzip-compressed"
+    )
+
+
+def iter_open(paths: tuple[str, ...], stack: ExitStack) -> Iterator[Source]:
+    """Open every input up front, so a bad path fails before anything is written."""
+    return iter([open_input(p, stack) for p in paths])

@@ -1,0 +1,121 @@
+"""Cut a byte stream (TCP, TLS, a raw dump file) into HEPv3 messages.
+
+Owns: framing by the HEPv3 total-length field (HEP-SPEC §5). Must never: decode chunks,
+do I/O, or buffer more than one message (65535 bytes) plus one feed. Only v3 can be framed
+on a stream; a v1/v2 first byte is V12_ON_STREAM, anything else BAD_MAGIC, and after a
+framing error the rest of the stream cannot be trusted: the deframer stays failed.
+"""
+
+from __future__ import annotations
+
+from .errors import DecodeError, Reason
+from .hep import EEP3_MAGIC, HEP3_HEADER, HEP3_MAGIC
+
+
+class HepDeframer:
+    """Incremental HEPv3 deframer.
+
+    ``feed()`` returns the complete messages found so far, as bytes. ``offset`` is the
+    stream offset of the first byte not yet returned (the start of the pending message).
+
+    Args:
+        lenient: also frame messages that start with the "EEP3" alias.
+    """
+
+    __slots__ = ("_buf", "_failed", "_magics", "_raised", "offset")
+
+    def __init__(self, *, lenient: bool = False) -> None:
+        self._buf = b""
+        self._failed: DecodeError | None = None
+        self._raised = False
+        self._magics = (HEP3_MAGIC, EEP3_MAGIC) if lenient else (HEP3_MAGIC,)
+        self.offset = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add bytes; return every message now complete, in order.
+
+        Raises:
+            DecodeError: BAD_MAGIC, V12_ON_STREAM or LENGTH_TOO_SMALL at the stream offset
+                of the broken header. When complete messages precede the broken header in
+                the same call, they are returned and the error is raised by the next
+                ``feed()`` or ``eof()``, so nothing before a desync is lost. Any call after
+                the error has been raised raises STREAM_DESYNC.
+        """
+        if self._failed is not None:
+            raise self._raise_failed()
+        buf = self._buf + data if self._buf else data
+        out: list[bytes] = []
+        pos = 0
+        size = len(buf)
+        unpack = HEP3_HEADER.unpack_from
+        while size - pos >= HEP3_HEADER.size:
+            magic, total = unpack(buf, pos)
+            if magic not in self._magics or total < HEP3_HEADER.size:
+                return self._fail(out, buf, pos, magic, total)
+            if size - pos < total:
+                break
+            out.append(buf[pos : pos + total])
+            pos += total
+        tail = bytes(buf[pos : pos + 4])
+        if tail and not any(m.startswith(tail) for m in self._magics):
+            # A short tail that can never become HEP3: fail now rather than at EOF.
+            return self._fail(out, buf, pos, tail, HEP3_HEADER.size)
+        self._buf = buf[pos:]
+        self.offset += pos
+        return out
+
+    def _fail(
+        self, out: list[bytes], buf: bytes, pos: int, magic: bytes, total: int
+    ) -> list[bytes]:
+        self._buf = b""
+        self._failed = self._framing_error(buf, pos, magic, total)
+        self.offset += pos
+        if out:
+            return out
+        raise self._raise_failed()
+
+    def _raise_failed(self) -> DecodeError:
+        failed = self._failed
+        assert failed is not None
+        if self._raised:
+            return DecodeError(
+                Reason.STREAM_DESYNC, failed.offset, "stream already failed to frame"
+            )
+        self._raised = True
+        return failed
+
+    def _framing_error(self, buf: bytes, pos: int, magic: bytes, total: int) -> DecodeError:
+        where = self.offset + pos
+        if magic in self._magics:
+            return DecodeError(Reason.LENGTH_TOO_SMALL, where, f"total length {total} < 6")
+        if buf[pos] in (1, 2):
+            return DecodeError(
+                Reason.V12_ON_STREAM, where, f"HEPv{buf[pos]} cannot be framed on a stream"
+            )
+        return DecodeError(
+            Reason.BAD_MAGIC, where, f"expected HEP3, found {bytes(buf[pos : pos + 4]).hex()}"
+        )
+
+    @property
+    def pending(self) -> int:
+        """Bytes held back waiting for the rest of a message."""
+        return len(self._buf)
+
+    def eof(self) -> None:
+        """Declare the end of the stream.
+
+        Raises:
+            DecodeError: STREAM_TRUNCATED_AT_EOF when a partial message is left over.
+        """
+        if self._failed is not None:
+            if not self._raised:
+                raise self._raise_failed()
+            return
+        if self._buf:
+            left = len(self._buf)
+            self._buf = b""
+            raise DecodeError(
+                Reason.STREAM_TRUNCATED_AT_EOF,
+                self.offset,
+                f"stream ends {left} bytes into a message",
+            )
