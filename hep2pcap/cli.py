@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from typing import BinaryIO
 
@@ -19,9 +20,11 @@ from .frames import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from .hep import DecodeOptions, PayloadType
 from .pcapng import PacketWriter, PcapngWriter, PcapWriter
 from .pipeline import Options, convert
-from .sources import iter_open
+from .sources import ByteCounter, open_inputs
+from .stats import Stats
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+# A fixed width keeps --help identical everywhere (the README shows it verbatim).
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100, "terminal_width": 100}
 LINKTYPES = {"ethernet": LINKTYPE_ETHERNET, "raw": LINKTYPE_RAW}
 
 
@@ -54,7 +57,28 @@ def _payload_types(values: tuple[str, ...]) -> frozenset[int] | None:
     return frozenset(types)
 
 
-def _setup_logging(verbose: int, quiet: bool) -> None:
+#: Inputs smaller than this convert too fast to need a progress display.
+PROGRESS_MIN_BYTES = 20_000_000
+
+
+def _progress_printer(counters: list[ByteCounter]) -> Callable[[Stats], None] | None:
+    total = sum(c.total or 0 for c in counters)
+    if total < PROGRESS_MIN_BYTES or any(c.total is None for c in counters):
+        return None
+
+    def show(stats: Stats) -> None:
+        done = sum(c.done for c in counters)
+        click.echo(
+            f"\rhep2pcap: {100 * done // total:3d}% of {total / 1e6:.0f} MB,"
+            f" {stats.read} messages read, {stats.written} written",
+            nl=False,
+            err=True,
+        )
+
+    return show
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("hep2pcap: %(message)s"))
@@ -87,6 +111,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 )  # fmt: skip
 @click.option(
     "--window", "window_s", type=click.FloatRange(0, 3600), default=2.0, show_default=True,
+    metavar="SECONDS",
     help="Reorder window in seconds of HEP time.",
 )  # fmt: skip
 @click.option(
@@ -94,7 +119,12 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 )
 @click.option("--strict", is_flag=True, help="Fail (exit 1) on the first malformed message.")
 @click.option("--lenient", is_flag=True, help="Accept the 'EEP3' magic alias.")
-@click.option("-v", "--verbose", count=True, help="Log every rejected message.")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Log every rejected message, not the first 5 of each reason.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print no summary or warnings.")
 def convert_cmd(
     inputs: tuple[str, ...],
@@ -108,7 +138,7 @@ def convert_cmd(
     use_receive_time: bool,
     strict: bool,
     lenient: bool,
-    verbose: int,
+    verbose: bool,
     quiet: bool,
 ) -> None:
     """Convert saved HEP dumps (raw HEPv3, pcap or pcapng, gzip or not) to pcapng.
@@ -127,17 +157,22 @@ def convert_cmd(
         comments=not no_comments,
         strict=strict,
         linktype=LINKTYPES[linktype],
+        warn_limit=None if verbose else 5,
     )
+    counters: list[ByteCounter] = []
     with ExitStack() as stack:
         try:
-            sources = list(iter_open(inputs, stack))
+            sources = open_inputs(inputs, stack, counters)
             out = _open_output(output, stack)
             writer: PacketWriter
             if fmt == "pcap":
                 writer = PcapWriter(out, options.linktype)
             else:
                 writer = PcapngWriter(out, options.linktype, comments=options.comments)
-            stats = convert(sources, writer, options)
+            progress = _progress_printer(counters) if not quiet and sys.stderr.isatty() else None
+            stats = convert(sources, writer, options, on_progress=progress)
+            if progress is not None:
+                click.echo("\r\033[K", nl=False, err=True)
         except Hep2PcapError as exc:
             raise click.ClickException(str(exc)) from exc
         except BrokenPipeError:

@@ -12,7 +12,7 @@ import heapq
 import hmac
 import itertools
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from heapq import heappop, heappush
 from typing import NamedTuple, Protocol
@@ -24,9 +24,6 @@ from .pcapng import PacketWriter
 from .stats import Stats
 
 log = logging.getLogger("hep2pcap")
-
-#: How many times each reason is logged in detail before going quiet (counting goes on).
-WARN_LIMIT = 5
 
 
 class Record(NamedTuple):
@@ -77,6 +74,8 @@ class Options:
         comments: write a per-packet comment.
         strict: the first malformed message ends the run with :class:`StrictError`.
         linktype: LINKTYPE_ETHERNET or LINKTYPE_RAW.
+        warn_limit: how many rejections of each reason are logged in detail before the
+            rest are only counted; ``None`` logs them all.
     """
 
     decode: DecodeOptions = DEFAULT_OPTIONS
@@ -87,6 +86,7 @@ class Options:
     comments: bool = True
     strict: bool = False
     linktype: int = LINKTYPE_ETHERNET
+    warn_limit: int | None = 5
 
 
 _PROTO_NAMES: dict[int, str] = {
@@ -165,6 +165,7 @@ class _Reporter:
 
     stats: Stats
     strict: bool
+    limit: int | None
     logged: dict[Reason, int] = field(default_factory=dict)
 
     def reject(self, reason: Reason, where: str, detail: str) -> None:
@@ -183,10 +184,11 @@ class _Reporter:
     def _log(self, reason: Reason, where: str, detail: str, quiet: bool) -> None:
         seen = self.logged.get(reason, 0)
         self.logged[reason] = seen + 1
-        if seen < WARN_LIMIT:
+        limit = self.limit
+        if limit is None or seen < limit:
             level = logging.DEBUG if quiet else logging.WARNING
             log.log(level, "%s: %s: %s", where, reason.value, detail)
-            if seen + 1 == WARN_LIMIT:
+            if seen + 1 == limit:
                 log.log(level, "(further %s messages are counted, not shown)", reason.value)
 
 
@@ -323,10 +325,20 @@ class Converter:
         stats.directions[(msg.src_ip, msg.src_port, msg.dst_ip, msg.dst_port)] += 1
 
 
+#: ``on_progress`` is called once per this many items.
+PROGRESS_EVERY = 1 << 16
+
+
 def convert(
-    sources: Iterable[Source], writer: PacketWriter, options: Options, stats: Stats | None = None
+    sources: Iterable[Source],
+    writer: PacketWriter,
+    options: Options,
+    stats: Stats | None = None,
+    on_progress: Callable[[Stats], None] | None = None,
 ) -> Stats:
     """Run the loop: read every source (merged by time), write frames, return the counters.
+
+    ``on_progress(stats)`` (optional) is called every PROGRESS_EVERY messages.
 
     Raises:
         StrictError: ``options.strict`` and a malformed message was found; everything
@@ -334,14 +346,18 @@ def convert(
         Hep2PcapError: a source failed as a whole (unreadable input).
     """
     stats = stats if stats is not None else Stats()
-    reporter = _Reporter(stats, options.strict)
+    reporter = _Reporter(stats, options.strict, options.warn_limit)
     order = itertools.count()
     streams = [iter_messages(s, options, reporter, order) for s in sources]
     # Several inputs are merged by (approximate) time; the window fixes local disorder.
     items = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=_merge_key)
     conv = Converter(writer, options, stats)
+    count = 0
     try:
         for item in items:
+            count += 1
+            if on_progress is not None and count % PROGRESS_EVERY == 0:
+                on_progress(stats)
             if isinstance(item, Tick):
                 conv.drain_until(item.now_us)
                 writer.flush()

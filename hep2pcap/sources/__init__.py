@@ -7,8 +7,8 @@ never: decode HEP itself (that is the pipeline's job) or guess from the file nam
 from __future__ import annotations
 
 import gzip
+import os
 import sys
-from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import BinaryIO, Protocol
 
@@ -49,6 +49,21 @@ class Prepended:
         return head + self._stream.read(size - len(head))
 
 
+class ByteCounter:
+    """Counts the bytes read from a file, for the progress display."""
+
+    def __init__(self, stream: Readable, total: int | None) -> None:
+        self._stream = stream
+        self.total = total
+        self.done = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Read like ``BinaryIO.read`` and count."""
+        data = self._stream.read(size)
+        self.done += len(data)
+        return data
+
+
 def _read_exact(stream: Readable, size: int) -> bytes:
     out = b""
     while len(out) < size:
@@ -59,12 +74,13 @@ def _read_exact(stream: Readable, size: int) -> bytes:
     return out
 
 
-def open_input(path: str, stack: ExitStack) -> Source:
+def open_input(path: str, stack: ExitStack, counters: list[ByteCounter] | None = None) -> Source:
     """Open one input and return the source that reads it.
 
     Args:
         path: a file path, or ``-`` for standard input.
         stack: owns the opened files; closing it closes them.
+        counters: if given, a byte counter for this input is appended (progress display).
 
     Raises:
         InputError: unreadable, or not a format hep2pcap reads (one clear line).
@@ -75,8 +91,12 @@ def open_input(path: str, stack: ExitStack) -> Source:
     except OSError as exc:
         raise InputError(f"{name}: cannot open: {exc.strerror or exc}") from exc
     try:
-        head = _read_exact(raw, 4)
-        stream = Prepended(head, raw)
+        size = os.fstat(raw.fileno()).st_size if path != "-" else None
+        counted = ByteCounter(raw, size or None)
+        if counters is not None:
+            counters.append(counted)
+        head = _read_exact(counted, 4)
+        stream = Prepended(head, counted)
         if head[:2] == GZIP_MAGIC:
             unzipped = stack.enter_context(gzip.GzipFile(fileobj=stream, mode="rb"))  # type: ignore[call-overload]
             head = _read_exact(unzipped, 4)
@@ -104,6 +124,8 @@ def _detect(name: str, head: bytes, stream: Readable) -> Source:
     )
 
 
-def iter_open(paths: tuple[str, ...], stack: ExitStack) -> Iterator[Source]:
+def open_inputs(
+    paths: tuple[str, ...], stack: ExitStack, counters: list[ByteCounter] | None = None
+) -> list[Source]:
     """Open every input up front, so a bad path fails before anything is written."""
-    return iter([open_input(p, stack) for p in paths])
+    return [open_input(p, stack, counters) for p in paths]
