@@ -1,0 +1,211 @@
+"""The click layer: exit codes, stdout vs stderr, one clear line on user errors."""
+
+from __future__ import annotations
+
+import gzip
+import ipaddress
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hep2pcap import hep
+from hep2pcap.cli import cli
+
+A = ipaddress.ip_address("192.0.2.1").packed
+B = ipaddress.ip_address("192.0.2.2").packed
+T0 = 1_700_000_000_000_000
+INVITE = b"INVITE sip:bob@example.com SIP/2.0\r\nCall-ID: c1\r\nContent-Length: 0\r\n\r\n"
+OK = b"SIP/2.0 200 OK\r\nCall-ID: c1\r\nContent-Length: 0\r\n\r\n"
+
+
+def _msg(payload: bytes, ts_us: int, **kw: object) -> bytes:
+    fields: dict[str, object] = {
+        "version": 3,
+        "ip_proto": 17,
+        "src_ip": A,
+        "dst_ip": B,
+        "src_port": 5060,
+        "dst_port": 5060,
+        "ts_us": ts_us,
+        "payload": payload,
+        "capture_id": 2001,
+    }
+    fields.update(kw)
+    return hep.encode(hep.HepMessage(**fields))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def dump(tmp_path: Path) -> Path:
+    path = tmp_path / "call.hep"
+    path.write_bytes(_msg(INVITE, T0) + _msg(OK, T0 + 1000, src_ip=B, dst_ip=A))
+    return path
+
+
+def _run(args: list[str], stdin: bytes | None = None) -> tuple[int, bytes, str]:
+    result = CliRunner().invoke(cli, args, input=stdin, catch_exceptions=False)
+    return result.exit_code, result.stdout_bytes, result.stderr
+
+
+def _epb_count(data: bytes) -> int:
+    count, pos = 0, 0
+    while pos + 8 <= len(data):
+        btype, blen = struct.unpack_from("<II", data, pos)
+        count += btype == 6
+        pos += blen
+    assert pos == len(data), "blocks must tile the file exactly"
+    return count
+
+
+def test_convert_writes_file_and_summary_on_stderr(dump: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.pcapng"
+    code, stdout, stderr = _run(["convert", str(dump), "-w", str(out)])
+    assert code == 0
+    assert stdout == b""
+    assert stderr.startswith("read 2, wrote 2, skipped 0, dropped 0")
+    assert _epb_count(out.read_bytes()) == 2
+
+
+def test_convert_to_stdout_keeps_stdout_pure_pcapng(dump: Path) -> None:
+    code, stdout, stderr = _run(["convert", str(dump), "-w", "-"])
+    assert code == 0
+    assert stdout[:4] == bytes.fromhex("0a0d0d0a")
+    assert _epb_count(stdout) == 2
+    assert "wrote 2" in stderr
+
+
+def test_stdin_and_gzip_inputs(dump: Path, tmp_path: Path) -> None:
+    gz = tmp_path / "call.hep.gz"
+    gz.write_bytes(gzip.compress(dump.read_bytes()))
+    code, stdout, _ = _run(["convert", "-", str(gz), "-w", "-"], stdin=dump.read_bytes())
+    assert code == 0
+    assert _epb_count(stdout) == 4
+
+
+def test_classic_pcap_format(dump: Path) -> None:
+    code, stdout, _ = _run(["convert", str(dump), "-w", "-", "--format", "pcap"])
+    assert code == 0
+    magic, _, _, _, _, snaplen, linktype = struct.unpack_from("<IHHiIII", stdout)
+    assert (magic, linktype) == (0xA1B2C3D4, 1)
+    assert snaplen >= 65535
+
+
+def test_missing_input_is_one_line_exit_1(tmp_path: Path) -> None:
+    code, _, stderr = _run(["convert", str(tmp_path / "nope.hep"), "-w", str(tmp_path / "o")])
+    assert code == 1
+    assert stderr.strip().splitlines() == [
+        f"Error: {tmp_path / 'nope.hep'}: cannot open: No such file or directory"
+    ]
+    assert not (tmp_path / "o").exists(), "no output is created when an input cannot be opened"
+
+
+def test_unknown_format_is_one_line_exit_1(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.txt"
+    junk.write_text("hello world\n")
+    code, _, stderr = _run(["convert", str(junk), "-w", "-"])
+    assert code == 1
+    assert len(stderr.strip().splitlines()) == 1
+    assert "unknown format" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_hepv2_raw_file_is_refused_with_a_hint(tmp_path: Path) -> None:
+    v2 = tmp_path / "v2.bin"
+    v2.write_bytes(hep.encode(hep.HepMessage(2, 17, A, B, 5060, 5060, T0, INVITE)))
+    code, _, stderr = _run(["convert", str(v2), "-w", "-"])
+    assert code == 1
+    assert "HEPv2" in stderr
+    assert "pcap" in stderr
+
+
+def test_unwritable_output_is_exit_1(dump: Path, tmp_path: Path) -> None:
+    code, _, stderr = _run(["convert", str(dump), "-w", str(tmp_path / "no" / "dir.pcapng")])
+    assert code == 1
+    assert "cannot write" in stderr
+
+
+def test_usage_error_is_exit_2(dump: Path) -> None:
+    code, _, stderr = _run(["convert", str(dump)])
+    assert code == 2
+    assert "Missing option '-w'" in stderr
+
+
+def test_strict_fails_on_malformed_after_writing_what_came_before(tmp_path: Path) -> None:
+    bad = bytearray(_msg(OK, T0 + 1))
+    bad[4:6] = (5).to_bytes(2, "big")  # total length < 6: a framing error in a stream
+    path = tmp_path / "bad.hep"
+    path.write_bytes(_msg(INVITE, T0) + bytes(bad))
+    out = tmp_path / "out.pcapng"
+    code, _, stderr = _run(["convert", str(path), "-w", str(out), "--strict"])
+    assert code == 1
+    assert "length_too_small" in stderr
+    assert "--strict" in stderr
+    assert _epb_count(out.read_bytes()) == 1, "the message before the bad one is kept"
+    code, _, stderr = _run(["convert", str(path), "-w", str(out)])
+    assert code == 0
+    assert "input: length_too_small=1" in stderr
+
+
+def test_password_exact_match(tmp_path: Path) -> None:
+    path = tmp_path / "auth.hep"
+    path.write_bytes(
+        _msg(INVITE, T0, auth_key=b"secret")
+        + _msg(INVITE, T0 + 1, auth_key=b"secret-but-longer")
+        + _msg(INVITE, T0 + 2, auth_key=b"secre")
+        + _msg(INVITE, T0 + 3)
+    )
+    code, stdout, stderr = _run(["convert", str(path), "-w", "-", "--password", "secret"])
+    assert code == 0
+    assert _epb_count(stdout) == 1
+    assert "dropped 3 (auth_mismatch=2, auth_missing=1)" in stderr
+    assert b"secret" not in stdout, "the auth key never reaches the output"
+
+
+def test_non_sip_types_skipped_unless_included(tmp_path: Path) -> None:
+    path = tmp_path / "log.hep"
+    path.write_bytes(_msg(INVITE, T0) + _msg(b"SYSLOG: hello", T0 + 1, payload_type=100))
+    code, stdout, stderr = _run(["convert", str(path), "-w", "-"])
+    assert (code, _epb_count(stdout)) == (0, 1)
+    assert "skipped 1 (unsupported_payload_type=1)" in stderr
+    code, stdout, _ = _run(["convert", str(path), "-w", "-", "--include-type", "100"])
+    assert (code, _epb_count(stdout)) == (0, 2)
+    code, stdout, _ = _run(["convert", str(path), "-w", "-", "--include-type", "all"])
+    assert (code, _epb_count(stdout)) == (0, 2)
+    code, _, stderr = _run(["convert", str(path), "-w", "-", "--include-type", "log"])
+    assert code == 2
+    assert "not a number" in stderr
+
+
+def test_no_comments(dump: Path) -> None:
+    _, with_comments, _ = _run(["convert", str(dump), "-w", "-"])
+    _, without, _ = _run(["convert", str(dump), "-w", "-", "--no-comments"])
+    assert b"proto 17 (UDP)" in with_comments
+    assert b"proto 17 (UDP)" not in without
+
+
+def test_empty_input_writes_an_empty_capture(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.hep"
+    empty.write_bytes(b"")
+    code, stdout, stderr = _run(["convert", str(empty), "-w", "-"])
+    assert code == 0
+    assert _epb_count(stdout) == 0
+    assert stderr.startswith("read 0, wrote 0")
+
+
+def test_quiet_prints_nothing(dump: Path, tmp_path: Path) -> None:
+    code, _, stderr = _run(["convert", str(dump), "-w", str(tmp_path / "o.pcapng"), "-q"])
+    assert (code, stderr) == (0, "")
+
+
+def test_short_help_and_python_m() -> None:
+    code, stdout, _ = _run(["convert", "-h"])
+    assert code == 0
+    assert b"Example: hep2pcap convert" in stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "hep2pcap", "--help"], capture_output=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0
+    assert b"convert" in proc.stdout
