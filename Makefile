@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 SAMPLE ?= fixtures/hep/sample-call.hep
 OUT    ?= /tmp/hep2pcap-sample.pcapng
 
-.PHONY: help install install-dev tools run test lint type unit e2e fmt golden bench fuzz clean
+.PHONY: help install install-dev tools run test lint type unit e2e fmt docs golden bench fuzz clean
 
 help:
 	@echo "make run      set up .venv, convert $(SAMPLE) and show what is in it"
@@ -57,6 +57,9 @@ e2e:
 fmt:
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
+
+docs: install-dev
+	$(PY) tests/test_docs.py
 
 golden: install
 	$(PY) tests/make_golden.py
