@@ -8,6 +8,7 @@ Frames are built in the order they are written, so TCP sequence numbers follow t
 
 from __future__ import annotations
 
+import itertools
 import struct
 import zlib
 
@@ -53,6 +54,10 @@ MAX_TCP_SEGMENT = {
 
 #: HEP-SPEC §6: which synthetic transport each HEP protocol value becomes.
 TCP_PROTOS = frozenset({IpProto.TCP, IpProto.TLS, IpProto.WEBSOCKET})
+
+#: Bound on remembered TCP directions. The least recently used are forgotten first; a
+#: forgotten direction that speaks again restarts at its initial sequence number.
+MAX_TCP_DIRECTIONS = 200_000
 
 
 def transport_of(ip_proto: int) -> int:
@@ -158,14 +163,18 @@ class FrameBuilder:
         src, dst, sport, dport = msg.src_ip, msg.dst_ip, msg.src_port, msg.dst_port
         key = (src, sport, dst, dport)
         rkey = (dst, dport, src, sport)
-        seq = self._next_seq.get(key)
+        table = self._next_seq
+        seq = table.pop(key, None)  # re-inserted below: the dict stays in LRU order
         if seq is None:
             seq = _initial_seq(key)
-        ack = self._next_seq.get(rkey)
+            if len(table) >= MAX_TCP_DIRECTIONS:
+                for old in list(itertools.islice(table, MAX_TCP_DIRECTIONS // 10)):
+                    del table[old]
+        ack = table.get(rkey)
         if ack is None:
             # The other side has sent nothing yet: acknowledge its initial sequence number,
             # so Wireshark sees no "ACKed unseen segment".
-            ack = self._next_seq[rkey] = _initial_seq(rkey)
+            ack = table[rkey] = _initial_seq(rkey)
         payload = msg.payload
         step = MAX_TCP_SEGMENT[v]
         frames = []
@@ -190,7 +199,7 @@ class FrameBuilder:
             )  # fmt: skip
             frames.append(self._ip_and_link(v, IPPROTO_TCP, src, dst, l4len) + tcp + chunk)
             seq = (seq + len(chunk)) & 0xFFFFFFFF
-        self._next_seq[key] = seq
+        table[key] = seq
         return frames
 
 
