@@ -32,7 +32,9 @@ IPV6_HEADER = struct.Struct("!IHBB16s16s")
 UDP_HEADER = struct.Struct("!HHHH")
 #: RFC 793 header without options: ports, seq, ack, data offset, flags, window, csum, urg.
 TCP_HEADER = struct.Struct("!HHIIBBHHH")
-ETHERNET_HEADER = struct.Struct("!6s6sH")
+#: Ethernet (dst MAC, src MAC, ethertype) + IP in one pack: one call on the hot path.
+ETH_IPV4_HEADER = struct.Struct("!6s6sHBBHHHBBH4s4s")
+ETH_IPV6_HEADER = struct.Struct("!6s6sHIHBB16s16s")
 
 TTL = 64
 IPV4_DONT_FRAGMENT = 0x4000
@@ -123,41 +125,45 @@ class FrameBuilder:
             warning = Reason.UDP_PAYLOAD_TRUNCATED
         return [self._build_udp(msg, v, payload)], warning
 
-    def _ip_and_link(self, v: int, proto: int, src: bytes, dst: bytes, l4len: int) -> bytes:
+    def _ip_and_link(
+        self, v: int, proto: int, src: bytes, dst: bytes, l4len: int, addr_sum: int
+    ) -> bytes:
+        # addr_sum is ones_sum(src + dst), shared with the pseudo-header checksum.
+        eth = self.linktype == LINKTYPE_ETHERNET
         if v == 4:
             self._ip_id = ip_id = (self._ip_id + 1) & 0xFFFF
             total = IPV4_HEADER.size + l4len
-            hdr = IPV4_HEADER.pack(
-                0x45, 0, total, ip_id, IPV4_DONT_FRAGMENT, TTL, proto, 0, src, dst
+            csum = checksum(
+                0x4500 + total + ip_id + IPV4_DONT_FRAGMENT + (TTL << 8 | proto) + addr_sum
             )
-            hdr = hdr[:10] + checksum(ones_sum(hdr)).to_bytes(2, "big") + hdr[12:]
-            ethertype = ETHERTYPE_IPV4
-        else:
-            hdr = IPV6_HEADER.pack(0x60000000, l4len, proto, TTL, src, dst)
-            ethertype = ETHERTYPE_IPV6
-        if self.linktype == LINKTYPE_ETHERNET:
-            return ETHERNET_HEADER.pack(_mac(dst), _mac(src), ethertype) + hdr
-        return hdr
-
-    @staticmethod
-    def _pseudo(v: int, src: bytes, dst: bytes, proto: int, l4len: int) -> int:
-        # RFC 768 / RFC 8200 §8.1 pseudo header, as a residue.
-        if v == 4:
-            return ones_sum(src + dst) + proto + l4len
-        return ones_sum(src + dst) + proto + (l4len >> 16) + (l4len & 0xFFFF)
+            if eth:
+                return ETH_IPV4_HEADER.pack(
+                    _mac(dst), _mac(src), ETHERTYPE_IPV4,
+                    0x45, 0, total, ip_id, IPV4_DONT_FRAGMENT, TTL, proto, csum, src, dst,
+                )  # fmt: skip
+            return IPV4_HEADER.pack(
+                0x45, 0, total, ip_id, IPV4_DONT_FRAGMENT, TTL, proto, csum, src, dst
+            )
+        if eth:
+            return ETH_IPV6_HEADER.pack(
+                _mac(dst), _mac(src), ETHERTYPE_IPV6, 0x60000000, l4len, proto, TTL, src, dst
+            )
+        return IPV6_HEADER.pack(0x60000000, l4len, proto, TTL, src, dst)
 
     def _build_udp(self, msg: HepMessage, v: int, payload: bytes) -> bytes:
+        src, dst, sport, dport = msg.src_ip, msg.dst_ip, msg.src_port, msg.dst_port
         l4len = UDP_HEADER.size + len(payload)
-        residue = (
-            self._pseudo(v, msg.src_ip, msg.dst_ip, IPPROTO_UDP, l4len)
-            + msg.src_port
-            + msg.dst_port
-            + l4len
-            + ones_sum(payload)
-        )
+        addr_sum = ones_sum(src + dst)
+        # RFC 768 pseudo header (RFC 8200 §8.1 for IPv6: same sum, l4len < 65536) + header.
+        residue = addr_sum + IPPROTO_UDP + l4len + sport + dport + l4len + ones_sum(payload)
         csum = checksum(residue) or 0xFFFF  # RFC 768: a computed 0 is sent as all ones
-        udp = UDP_HEADER.pack(msg.src_port, msg.dst_port, l4len, csum)
-        return self._ip_and_link(v, IPPROTO_UDP, msg.src_ip, msg.dst_ip, l4len) + udp + payload
+        return b"".join(
+            (
+                self._ip_and_link(v, IPPROTO_UDP, src, dst, l4len, addr_sum),
+                UDP_HEADER.pack(sport, dport, l4len, csum),
+                payload,
+            )
+        )
 
     def _build_tcp(self, msg: HepMessage, v: int) -> list[bytes]:
         src, dst, sport, dport = msg.src_ip, msg.dst_ip, msg.src_port, msg.dst_port
@@ -177,27 +183,24 @@ class FrameBuilder:
             ack = table[rkey] = _initial_seq(rkey)
         payload = msg.payload
         step = MAX_TCP_SEGMENT[v]
+        addr_sum = ones_sum(src + dst)
+        fixed = (
+            addr_sum + IPPROTO_TCP + sport + dport + (ack >> 16) + (ack & 0xFFFF)
+            + (TCP_DATA_OFFSET << 8 | TCP_FLAGS_PSH_ACK) + TCP_WINDOW
+        )  # fmt: skip
         frames = []
         for start in range(0, len(payload), step):
             chunk = payload[start : start + step]
             l4len = TCP_HEADER.size + len(chunk)
-            residue = (
-                self._pseudo(v, src, dst, IPPROTO_TCP, l4len)
-                + sport
-                + dport
-                + (seq >> 16)
-                + (seq & 0xFFFF)
-                + (ack >> 16)
-                + (ack & 0xFFFF)
-                + (TCP_DATA_OFFSET << 8 | TCP_FLAGS_PSH_ACK)
-                + TCP_WINDOW
-                + ones_sum(chunk)
-            )
+            # pseudo header (l4len counted once) + TCP header + data
+            residue = fixed + l4len + (seq >> 16) + (seq & 0xFFFF) + ones_sum(chunk)
             tcp = TCP_HEADER.pack(
                 sport, dport, seq, ack, TCP_DATA_OFFSET, TCP_FLAGS_PSH_ACK, TCP_WINDOW,
                 checksum(residue), 0,
             )  # fmt: skip
-            frames.append(self._ip_and_link(v, IPPROTO_TCP, src, dst, l4len) + tcp + chunk)
+            frames.append(
+                b"".join((self._ip_and_link(v, IPPROTO_TCP, src, dst, l4len, addr_sum), tcp, chunk))
+            )
             seq = (seq + len(chunk)) & 0xFFFFFFFF
         table[key] = seq
         return frames

@@ -30,6 +30,8 @@ BLOCK_HEADER = struct.Struct("<II")
 SHB_BODY = struct.Struct("<IHHq")  # byte-order magic, major, minor, section length (-1)
 IDB_BODY = struct.Struct("<HHI")  # link type, reserved, snap length
 EPB_BODY = struct.Struct("<IIIII")  # interface, ts high, ts low, captured len, original len
+#: Block header + EPB body in one pack (hot path).
+EPB_HEADER = struct.Struct("<IIIIIII")
 OPTION_HEADER = struct.Struct("<HH")
 
 PCAP_MAGIC_US = 0xA1B2C3D4
@@ -73,13 +75,19 @@ def encode_idb(linktype: int, snaplen: int, name: str, description: str) -> byte
 def encode_epb(interface: int, ts_us: int, frame: bytes, comment: str | None = None) -> bytes:
     """Enhanced Packet Block with an optional comment option."""
     size = len(frame)
-    body = EPB_BODY.pack(interface, ts_us >> 32, ts_us & 0xFFFFFFFF, size, size)
     tail = _PAD[size & 3]
     if comment:
         tail += _options([(OPT_COMMENT, comment.encode("utf-8", "replace"))])
-    total = BLOCK_HEADER.size + EPB_BODY.size + size + len(tail) + 4
+    total = EPB_HEADER.size + size + len(tail) + 4
     return b"".join(
-        (BLOCK_HEADER.pack(BLOCK_TYPE_EPB, total), body, frame, tail, total.to_bytes(4, "little"))
+        (
+            EPB_HEADER.pack(
+                BLOCK_TYPE_EPB, total, interface, ts_us >> 32, ts_us & 0xFFFFFFFF, size, size
+            ),
+            frame,
+            tail,
+            total.to_bytes(4, "little"),
+        )
     )
 
 

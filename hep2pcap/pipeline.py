@@ -8,6 +8,7 @@ or sockets itself and reads no clock (ticks carry the time).
 
 from __future__ import annotations
 
+import functools
 import heapq
 import hmac
 import itertools
@@ -111,6 +112,7 @@ def proto_label(ip_proto: int) -> str:
     return f"{ip_proto} ({name})" if name else str(ip_proto)
 
 
+@functools.lru_cache(maxsize=256)
 def transport_label(ip_proto: int) -> str:
     """What the summary calls a message's transport: UDP, TCP, TLS, WebSocket, …"""
     name = _PROTO_NAMES.get(ip_proto, f"proto-{ip_proto}")
@@ -119,25 +121,46 @@ def transport_label(ip_proto: int) -> str:
 
 
 def describe(msg: HepMessage, extra: Reason | None = None) -> str:
-    """The packet comment: the HEP facts a person needs next to the frame."""
-    parts = [f"HEPv{msg.version}"]
-    parts.append(f"agent {msg.capture_id}" if msg.capture_id is not None else "no agent id")
-    if msg.node_name:
-        parts.append(f"node {msg.node_name}")
-    parts.append(f"proto {proto_label(msg.ip_proto)}")
-    if msg.payload_type is not None and msg.payload_type != PayloadType.SIP:
-        name = _TYPE_NAMES.get(msg.payload_type)
-        parts.append(f"type {msg.payload_type}" + (f" ({name})" if name else ""))
-    if msg.correlation_id:
-        parts.append(f"correlation {msg.correlation_id[:200].decode('utf-8', 'replace')}")
-    if msg.compressed:
-        parts.append("compressed payload")
-    notes = [r.value for r in msg.warnings if r in _NOTED]
+    """The packet comment: the HEP facts a person needs next to the frame.
+
+    Example: ``HEPv3; agent 2001; node kam1; proto 22 (TLS); correlation abc@host``.
+    """
+    head = _comment_head(msg.version, msg.capture_id, msg.node_name, msg.ip_proto, msg.payload_type)
+    tail = (
+        _comment_tail(msg.compressed, msg.warnings, extra)
+        if msg.warnings or extra or msg.compressed
+        else ""
+    )
+    corr = msg.correlation_id
+    if corr:
+        return f"{head}; correlation {corr[:200].decode('utf-8', 'replace')}{tail}"
+    return head + tail
+
+
+# The parts of a comment that repeat from message to message are built once.
+@functools.lru_cache(maxsize=4096)
+def _comment_head(
+    version: int, agent: int | None, node: str | None, ip_proto: int, ptype: int | None
+) -> str:
+    parts = [f"HEPv{version}", f"agent {agent}" if agent is not None else "no agent id"]
+    if node:
+        parts.append(f"node {node}")
+    parts.append(f"proto {proto_label(ip_proto)}")
+    if ptype is not None and ptype != PayloadType.SIP:
+        name = _TYPE_NAMES.get(ptype)
+        parts.append(f"type {ptype}" + (f" ({name})" if name else ""))
+    return "; ".join(parts)
+
+
+@functools.lru_cache(maxsize=256)
+def _comment_tail(compressed: bool, warnings: tuple[Reason, ...], extra: Reason | None) -> str:
+    parts = ["; compressed payload"] if compressed else []
+    notes = [r.value for r in warnings if r in _NOTED]
     if extra is not None:
         notes.append(extra.value)
     if notes:
-        parts.append("repaired: " + ", ".join(notes))
-    return "; ".join(parts)
+        parts.append("; notes: " + ", ".join(notes))
+    return "".join(parts)
 
 
 # Warnings worth a note in the packet comment (the others are structural trivia).
