@@ -12,7 +12,7 @@ import enum
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any
 
 from .errors import DecodeError, Reason
 
@@ -270,20 +270,20 @@ def _decode_v3(data: bytes, ref_time_us: int | None, options: DecodeOptions) -> 
 
     src_ip, dst_ip = _pick_addresses(vals, warnings)
 
-    ip_proto = cast("int | None", get(_C_IP_PROTO))
+    ip_proto = get(_C_IP_PROTO)
     if ip_proto is None:
         ip_proto = 0  # IpProto.UNSET, treated like Asterisk's proto 0: UDP
     elif ip_proto not in KNOWN_IP_PROTOS and not options.unknown_proto_udp:
         raise DecodeError(Reason.UNKNOWN_IP_PROTO, 0, f"IP protocol {ip_proto}")
 
-    src_port = cast("int | None", get(_C_SRC_PORT))
-    dst_port = cast("int | None", get(_C_DST_PORT))
+    src_port = get(_C_SRC_PORT)
+    dst_port = get(_C_DST_PORT)
     if src_port is None or dst_port is None:
         which = "source" if src_port is None else "destination"
         raise DecodeError(Reason.MISSING_PORTS, 0, f"no {which} port chunk")
 
-    ts_sec = cast("int | None", get(_C_TS_SEC))
-    ts_usec = cast("int | None", get(_C_TS_USEC))
+    ts_sec = get(_C_TS_SEC)
+    ts_usec = get(_C_TS_USEC)
     ts_us: int | None
     if ts_sec is None or (ts_sec == 0 and not ts_usec):
         if not options.use_receive_time:
@@ -300,8 +300,8 @@ def _decode_v3(data: bytes, ref_time_us: int | None, options: DecodeOptions) -> 
             ts_usec = 0
         ts_us = repair_timestamp(ts_sec, ts_usec, ref_time_us, warnings)
 
-    payload = cast("bytes | None", get(_C_PAYLOAD))
-    packed = cast("bytes | None", get(_C_COMPRESSED_PAYLOAD))
+    payload = get(_C_PAYLOAD)
+    packed = get(_C_COMPRESSED_PAYLOAD)
     if payload is None:
         if packed is None:
             raise DecodeError(Reason.NO_PAYLOAD, 0, "neither payload chunk 0x000f nor 0x0010")
@@ -311,7 +311,7 @@ def _decode_v3(data: bytes, ref_time_us: int | None, options: DecodeOptions) -> 
     if not payload:
         raise DecodeError(Reason.EMPTY_PAYLOAD, 0, "payload is empty")
 
-    node = cast("bytes | None", get(_C_NODE_NAME))
+    node = get(_C_NODE_NAME)
     return HepMessage(
         3,
         ip_proto,
@@ -321,12 +321,12 @@ def _decode_v3(data: bytes, ref_time_us: int | None, options: DecodeOptions) -> 
         dst_port,
         ts_us,
         payload,
-        cast("int | None", get(_C_PAYLOAD_TYPE)),
-        cast("int | None", get(_C_CAPTURE_ID)),
-        cast("bytes | None", get(_C_AUTH_KEY)),
-        cast("bytes | None", get(_C_CORRELATION_ID)),
+        get(_C_PAYLOAD_TYPE),
+        get(_C_CAPTURE_ID),
+        get(_C_AUTH_KEY),
+        get(_C_CORRELATION_ID),
         None if node is None else node.decode("utf-8", "replace"),
-        cast("int | None", get(_C_VLAN_ID)),
+        get(_C_VLAN_ID),
         packed is not None,
         tuple(warnings),
     )
@@ -365,9 +365,9 @@ _layouts: list[_Layout] = []
 
 def _scan_chunks(
     data: bytes, total: int, strict: bool, warnings: list[Reason]
-) -> tuple[dict[int, int | bytes], int]:
+) -> tuple[dict[int, Any], int]:
     """Read every chunk; return generic values by type and the compressed payload offset."""
-    vals: dict[int, int | bytes] = {}
+    vals: dict[int, Any] = {}
     pos = HEP3_HEADER.size
     for layout in _layouts:
         if total - pos >= layout.size:
@@ -444,15 +444,15 @@ def _learn(chunks: list[tuple[int, int]]) -> None:
             _layouts.append(layout)
 
 
-def _pick_addresses(vals: dict[int, int | bytes], warnings: list[Reason]) -> tuple[bytes, bytes]:
+def _pick_addresses(vals: dict[int, Any], warnings: list[Reason]) -> tuple[bytes, bytes]:
     # HEP-SPEC §10: the address chunks decide the family; the family chunk is a hint
     # (hep-js writes IPv4 chunks even when the family says IPv6).
     get = vals.get
-    family = cast("int | None", get(_C_IP_FAMILY))
-    src4 = cast("bytes | None", get(_C_SRC_IP4))
-    dst4 = cast("bytes | None", get(_C_DST_IP4))
-    src6 = cast("bytes | None", get(_C_SRC_IP6))
-    dst6 = cast("bytes | None", get(_C_DST_IP6))
+    family = get(_C_IP_FAMILY)
+    src4: bytes | None = get(_C_SRC_IP4)
+    dst4: bytes | None = get(_C_DST_IP4)
+    src6: bytes | None = get(_C_SRC_IP6)
+    dst6: bytes | None = get(_C_DST_IP6)
     fam6 = family in AF_INET6_VALUES
     if src4 is not None and dst4 is not None and (not fam6 or src6 is None or dst6 is None):
         return _check_family(src4, dst4, family, fam6, warnings)

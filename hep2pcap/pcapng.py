@@ -43,6 +43,7 @@ PCAP_RECORD_HEADER = struct.Struct("<IIII")  # ts sec, ts usec, captured len, or
 SNAPLEN = 262144
 
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
+_END_OF_OPTIONS = OPTION_HEADER.pack(OPT_ENDOFOPT, 0)
 
 
 def _option(code: int, value: bytes) -> bytes:
@@ -77,7 +78,10 @@ def encode_epb(interface: int, ts_us: int, frame: bytes, comment: str | None = N
     size = len(frame)
     tail = _PAD[size & 3]
     if comment:
-        tail += _options([(OPT_COMMENT, comment.encode("utf-8", "replace"))])
+        text = comment.encode("utf-8", "replace")
+        tail += b"".join(
+            (OPTION_HEADER.pack(OPT_COMMENT, len(text)), text, _PAD[len(text) & 3], _END_OF_OPTIONS)
+        )
     total = EPB_HEADER.size + size + len(tail) + 4
     return b"".join(
         (
