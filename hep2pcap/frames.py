@@ -62,6 +62,29 @@ TCP_PROTOS = frozenset({IpProto.TCP, IpProto.TLS, IpProto.WEBSOCKET})
 MAX_TCP_DIRECTIONS = 200_000
 
 
+_PROTO_NAMES: dict[int, str] = {
+    IpProto.UNSET: "unset",
+    IpProto.TCP: "TCP",
+    IpProto.UDP: "UDP",
+    IpProto.TLS: "TLS",
+    IpProto.WEBSOCKET: "WebSocket",
+    IpProto.SCTP: "SCTP",
+}
+
+
+def proto_label(ip_proto: int) -> str:
+    """``"22 (TLS)"`` — the original HEP protocol value with its meaning."""
+    name = _PROTO_NAMES.get(ip_proto)
+    return f"{ip_proto} ({name})" if name else str(ip_proto)
+
+
+def transport_label(ip_proto: int) -> str:
+    """What the summary calls a message's transport: UDP, TCP, TLS(as TCP), …"""
+    name = _PROTO_NAMES.get(ip_proto, f"proto-{ip_proto}")
+    built = "TCP" if transport_of(ip_proto) == IPPROTO_TCP else "UDP"
+    return name if name in ("UDP", "TCP") else f"{name}(as {built})"
+
+
 def transport_of(ip_proto: int) -> int:
     """IPPROTO_TCP for TCP / TLS (22) / WebSocket (50), IPPROTO_UDP for everything else."""
     return IPPROTO_TCP if ip_proto in TCP_PROTOS else IPPROTO_UDP

@@ -19,8 +19,8 @@ from heapq import heappop, heappush
 from typing import NamedTuple, Protocol
 
 from .errors import DecodeError, Reason, StrictError
-from .frames import LINKTYPE_ETHERNET, FrameBuilder, transport_of
-from .hep import DEFAULT_OPTIONS, DecodeOptions, HepMessage, IpProto, PayloadType, decode
+from .frames import LINKTYPE_ETHERNET, FrameBuilder, proto_label
+from .hep import DEFAULT_OPTIONS, DecodeOptions, HepMessage, PayloadType, decode
 from .pcapng import PacketWriter
 from .stats import Stats
 
@@ -90,34 +90,12 @@ class Options:
     warn_limit: int | None = 5
 
 
-_PROTO_NAMES: dict[int, str] = {
-    IpProto.UNSET: "unset",
-    IpProto.TCP: "TCP",
-    IpProto.UDP: "UDP",
-    IpProto.TLS: "TLS",
-    IpProto.WEBSOCKET: "WebSocket",
-    IpProto.SCTP: "SCTP",
-}
 _TYPE_NAMES: dict[int, str] = {
     PayloadType.SIP: "SIP",
     PayloadType.RTP: "RTP",
     PayloadType.RTCP_JSON: "RTCP-JSON",
     PayloadType.LOG: "LOG",
 }
-
-
-def proto_label(ip_proto: int) -> str:
-    """``"22 (TLS)"`` — the original HEP protocol value with its meaning."""
-    name = _PROTO_NAMES.get(ip_proto)
-    return f"{ip_proto} ({name})" if name else str(ip_proto)
-
-
-@functools.lru_cache(maxsize=256)
-def transport_label(ip_proto: int) -> str:
-    """What the summary calls a message's transport: UDP, TCP, TLS, WebSocket, …"""
-    name = _PROTO_NAMES.get(ip_proto, f"proto-{ip_proto}")
-    built = "TCP" if transport_of(ip_proto) == 6 else "UDP"
-    return name if name in ("UDP", "TCP") else f"{name}(as {built})"
 
 
 def describe(msg: HepMessage, extra: Reason | None = None) -> str:
@@ -343,9 +321,13 @@ class Converter:
             write(agent, node, ts, frame, comment)
         stats.written += 1
         stats.frames += len(frames)
-        stats.agents[agent] += 1
-        stats.transports[transport_label(msg.ip_proto)] += 1
-        stats.directions[(msg.src_ip, msg.src_port, msg.dst_ip, msg.dst_port)] += 1
+        key = (agent, msg.ip_proto, msg.src_ip, msg.src_port, msg.dst_ip, msg.dst_port)
+        flows = stats.flows
+        n = flows.get(key)
+        if n is not None:
+            flows[key] = n + 1
+        else:
+            stats.count_new_flow(key)
 
 
 #: ``on_progress`` is called once per this many items.

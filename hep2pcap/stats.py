@@ -13,11 +13,16 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from .errors import SKIP_REASONS, Reason
+from .frames import transport_label
 
 _K = TypeVar("_K")
 
 #: How many directions the summary lists (the busiest first).
 TOP_DIRECTIONS = 8
+#: Distinct flows tracked for the summary; more are counted per agent and protocol only.
+MAX_FLOWS = 100_000
+
+FlowKey = tuple[int | None, int, bytes, int, bytes, int]
 
 
 @dataclass(slots=True)
@@ -32,9 +37,46 @@ class Stats:
     dropped: Counter[Reason] = field(default_factory=Counter)
     input_problems: Counter[Reason] = field(default_factory=Counter)
     warnings: Counter[Reason] = field(default_factory=Counter)
-    agents: Counter[int | None] = field(default_factory=Counter)
-    transports: Counter[str] = field(default_factory=Counter)
-    directions: Counter[tuple[bytes, int, bytes, int]] = field(default_factory=Counter)
+    #: written messages by (agent, HEP ip proto, src, sport, dst, dport); see count_new_flow
+    flows: Counter[FlowKey] = field(default_factory=Counter)
+    # live capture only (hep2pcap listen); offline runs leave them unset
+    kernel_drops: int | None = None  # UDP datagrams the kernel dropped (receive buffer full)
+    receive_drops: int = 0  # received but never converted (queue full, or stopped first)
+    connections: Counter[str] = field(default_factory=Counter)  # TCP/TLS connection events
+    forwarded: int | None = None  # messages relayed by --forward
+    forward_drops: int = 0  # messages --forward could not relay (queue full, upstream down)
+
+    def count_new_flow(self, key: FlowKey) -> None:
+        """Count the first written message of a flow; past MAX_FLOWS flows, only per agent
+        and protocol (memory stays bounded on any input)."""
+        if len(self.flows) >= MAX_FLOWS:
+            key = (key[0], key[1], b"", 0, b"", 0)
+        self.flows[key] += 1
+
+    @property
+    def agents(self) -> Counter[int | None]:
+        """Written messages by capture agent id."""
+        out: Counter[int | None] = Counter()
+        for key, n in self.flows.items():
+            out[key[0]] += n
+        return out
+
+    @property
+    def transports(self) -> Counter[str]:
+        """Written messages by transport label (UDP, TCP, TLS(as TCP), …)."""
+        out: Counter[str] = Counter()
+        for key, n in self.flows.items():
+            out[transport_label(key[1])] += n
+        return out
+
+    @property
+    def directions(self) -> Counter[tuple[bytes, int, bytes, int]]:
+        """Written messages by direction (source → destination), as far as tracked."""
+        out: Counter[tuple[bytes, int, bytes, int]] = Counter()
+        for (_, _, src, sport, dst, dport), n in self.flows.items():
+            if src:
+                out[(src, sport, dst, dport)] += n
+        return out
 
     def reject(self, reason: Reason) -> bool:
         """Count a message that was read but not written. Returns True if it was a skip."""
@@ -69,24 +111,41 @@ class Stats:
             lines.append(f"  repaired/warned: {_pairs(self.warnings)}")
         if self.late:
             lines.append(f"  late (outside the reorder window, written anyway): {self.late}")
-        if self.agents:
-            agents = ", ".join(f"{'none' if a is None else a}={n}" for a, n in _sorted(self.agents))
-            lines.append(f"  by capture agent: {agents}")
-        if self.transports:
-            lines.append(
-                f"  by transport: {', '.join(f'{t}={n}' for t, n in _sorted(self.transports))}"
-            )
-        if self.directions:
-            busiest = self.directions.most_common(TOP_DIRECTIONS)
-            more = len(self.directions) - len(busiest)
+        agents, transports, directions = self.agents, self.transports, self.directions
+        if agents:
+            text = ", ".join(f"{'none' if a is None else a}={n}" for a, n in _sorted(agents))
+            lines.append(f"  by capture agent: {text}")
+        if transports:
+            lines.append(f"  by transport: {', '.join(f'{t}={n}' for t, n in _sorted(transports))}")
+        if directions:
+            busiest = directions.most_common(TOP_DIRECTIONS)
+            more = len(directions) - len(busiest)
             text = ", ".join(
                 f"{_endpoint(s, sp)} -> {_endpoint(d, dp)}={n}" for (s, sp, d, dp), n in busiest
             )
+            untracked = self.written - sum(directions.values())
             lines.append(
-                f"  by direction ({len(self.directions)}): {text}"
+                f"  by direction ({len(directions)}): {text}"
                 + (f", +{more} more" if more else "")
+                + (f" (+{untracked} messages past {MAX_FLOWS} flows)" if untracked else "")
             )
+        lines.extend(self._live_lines())
         return "\n".join(lines)
+
+    def _live_lines(self) -> list[str]:
+        lines = []
+        if self.kernel_drops is not None or self.receive_drops:
+            kernel = "unknown" if self.kernel_drops is None else str(self.kernel_drops)
+            lines.append(
+                f"  lost before decoding: kernel drops {kernel}, not converted {self.receive_drops}"
+            )
+        if self.connections:
+            lines.append(
+                f"  connections: {', '.join(f'{k}={n}' for k, n in _sorted(self.connections))}"
+            )
+        if self.forwarded is not None:
+            lines.append(f"  forwarded {self.forwarded}, forward drops {self.forward_drops}")
+        return lines
 
 
 def _sorted(counter: Counter[_K]) -> list[tuple[_K, int]]:
