@@ -1,0 +1,224 @@
+"""Unit tests for hep2pcap.stream.HepDeframer (HEP-SPEC §5, §11 "Streams and files")."""
+
+from __future__ import annotations
+
+import pytest
+from hepbuild import SIP, base_chunks, hep3, ip, u16, v3, v12
+
+from hep2pcap.errors import DecodeError, Reason
+from hep2pcap.hep import ChunkType, decode
+from hep2pcap.stream import HepDeframer
+
+MSG_A = v3()
+MSG_B = v3({ChunkType.SRC_PORT: u16(5070), ChunkType.PAYLOAD: b"SIP/2.0 200 OK\r\n\r\n"})
+MSG_C = hep3(*base_chunks({ChunkType.PAYLOAD: b"x" * 3000}))
+TWO_MESSAGES = MSG_A + MSG_B
+THREE = MSG_A + MSG_B + MSG_C
+V1_DATAGRAM = v12(1, 2, ip("10.0.0.1"), ip("10.0.0.2"))
+
+
+def raises(reason: Reason, offset: int) -> pytest.RaisesExc[DecodeError]:
+    return pytest.raises(DecodeError, check=lambda e: (e.reason, e.offset) == (reason, offset))
+
+
+def test_whole_stream_in_one_feed() -> None:
+    d = HepDeframer()
+    assert d.feed(THREE) == [MSG_A, MSG_B, MSG_C]
+    assert (d.offset, d.pending) == (len(THREE), 0)
+    d.eof()
+
+
+def test_units_decode_to_the_messages() -> None:
+    d = HepDeframer()
+    units = d.feed(THREE)
+    assert [decode(u).src_port for u in units] == [5060, 5070, 5060]
+    assert decode(units[2]).payload == b"x" * 3000
+
+
+def test_one_byte_at_a_time() -> None:
+    d = HepDeframer()
+    out: list[bytes] = []
+    offsets = []
+    for i in range(len(THREE)):
+        got = d.feed(THREE[i : i + 1])
+        out += got
+        if got:
+            offsets.append(d.offset)
+        assert d.offset + d.pending == i + 1
+    assert out == [MSG_A, MSG_B, MSG_C]
+    assert offsets == [len(MSG_A), len(MSG_A) + len(MSG_B), len(THREE)]
+    d.eof()
+
+
+@pytest.mark.parametrize("cut", range(1, len(TWO_MESSAGES)))
+def test_deframer_ignores_split_point(cut: int) -> None:
+    d = HepDeframer()
+    assert d.feed(TWO_MESSAGES[:cut]) + d.feed(TWO_MESSAGES[cut:]) == [MSG_A, MSG_B]
+    d.eof()
+
+
+def test_empty_feeds_are_harmless() -> None:
+    d = HepDeframer()
+    assert d.feed(b"") == []
+    assert d.feed(MSG_A[:3]) == []
+    assert d.feed(b"") == []
+    assert d.feed(MSG_A[3:]) == [MSG_A]
+    assert d.feed(b"") == []
+    d.eof()
+
+
+def test_clean_eof_on_empty_stream() -> None:
+    d = HepDeframer()
+    d.eof()
+    assert d.offset == 0
+
+
+def test_offset_and_pending_mid_message() -> None:
+    d = HepDeframer()
+    assert d.feed(MSG_A + MSG_B[:10]) == [MSG_A]
+    assert (d.offset, d.pending) == (len(MSG_A), 10)
+
+
+def test_largest_message() -> None:
+    big = hep3(*base_chunks({ChunkType.PAYLOAD: b"y" * (65535 - len(MSG_A) + len(SIP))}))
+    assert len(big) == 65535
+    d = HepDeframer()
+    out = []
+    for start in range(0, len(big) * 2, 4096):
+        out += d.feed((big + big)[start : start + 4096])
+    assert out == [big, big]
+    d.eof()
+
+
+def test_empty_message_is_framed_and_left_to_the_decoder() -> None:
+    empty = b"HEP3\x00\x06"
+    d = HepDeframer()
+    assert d.feed(empty + MSG_A) == [empty, MSG_A]
+    with raises(Reason.EMPTY_MESSAGE, 4):
+        decode(empty)
+
+
+# --- framing errors ---------------------------------------------------------------------
+
+
+def test_bad_magic_at_start_raises_immediately() -> None:
+    d = HepDeframer()
+    with raises(Reason.BAD_MAGIC, 0):
+        d.feed(b"GET / HTTP/1.1\r\n\r\n")
+
+
+def test_bad_magic_after_messages_is_deferred_to_the_next_feed() -> None:
+    d = HepDeframer()
+    assert d.feed(TWO_MESSAGES + b"garbage!") == [MSG_A, MSG_B]
+    assert d.offset == len(TWO_MESSAGES)
+    with raises(Reason.BAD_MAGIC, len(TWO_MESSAGES)):
+        d.feed(MSG_A)
+
+
+def test_bad_magic_after_messages_is_deferred_to_eof() -> None:
+    d = HepDeframer()
+    assert d.feed(TWO_MESSAGES + b"garbage!") == [MSG_A, MSG_B]
+    with raises(Reason.BAD_MAGIC, len(TWO_MESSAGES)):
+        d.eof()
+    d.eof()  # the error has been reported once; a second eof is quiet
+
+
+def test_short_trailing_garbage_that_cannot_become_hep3() -> None:
+    d = HepDeframer()
+    assert d.feed(MSG_A + b"HX") == [MSG_A]
+    with raises(Reason.BAD_MAGIC, len(MSG_A)):
+        d.eof()
+
+
+def test_short_trailing_garbage_in_a_later_feed() -> None:
+    d = HepDeframer()
+    assert d.feed(MSG_A) == [MSG_A]
+    with raises(Reason.BAD_MAGIC, len(MSG_A)):
+        d.feed(b"\xff")
+
+
+def test_garbage_split_across_feeds() -> None:
+    d = HepDeframer()
+    assert d.feed(MSG_A + b"HEP") == [MSG_A]
+    with raises(Reason.BAD_MAGIC, len(MSG_A)):
+        d.feed(b"4\x00\x10")
+
+
+def test_stream_desync_after_error_was_raised() -> None:
+    d = HepDeframer()
+    assert d.feed(MSG_A + b"garbage!") == [MSG_A]
+    with raises(Reason.BAD_MAGIC, len(MSG_A)):
+        d.feed(b"")
+    for _ in range(2):
+        with raises(Reason.STREAM_DESYNC, len(MSG_A)):
+            d.feed(MSG_B)
+    d.eof()
+
+
+def test_stream_desync_when_error_raised_in_the_same_feed() -> None:
+    d = HepDeframer()
+    with raises(Reason.BAD_MAGIC, 0):
+        d.feed(b"nope")
+    with raises(Reason.STREAM_DESYNC, 0):
+        d.feed(MSG_A)
+
+
+def test_v12_on_stream() -> None:
+    d = HepDeframer()
+    with raises(Reason.V12_ON_STREAM, 0):
+        d.feed(V1_DATAGRAM)
+
+
+@pytest.mark.parametrize("version", [b"\x01", b"\x02"])
+def test_v12_on_stream_after_v3_messages(version: bytes) -> None:
+    d = HepDeframer()
+    assert d.feed(MSG_A + version) == [MSG_A]
+    with raises(Reason.V12_ON_STREAM, len(MSG_A)):
+        d.eof()
+
+
+@pytest.mark.parametrize("total", [0, 1, 5])
+def test_length_too_small_on_stream(total: int) -> None:
+    d = HepDeframer()
+    assert d.feed(MSG_A) == [MSG_A]
+    with raises(Reason.LENGTH_TOO_SMALL, len(MSG_A)):
+        d.feed(b"HEP3" + u16(total) + b"\0" * 10)
+
+
+def test_stream_truncated_at_eof() -> None:
+    d = HepDeframer()
+    assert d.feed(TWO_MESSAGES[:-1]) == [MSG_A]
+    with raises(Reason.STREAM_TRUNCATED_AT_EOF, len(MSG_A)):
+        d.eof()
+    d.eof()  # the partial message was dropped; nothing is left
+
+
+@pytest.mark.parametrize("left", [1, 4, 5, 6, 7])
+def test_stream_truncated_at_eof_inside_header(left: int) -> None:
+    d = HepDeframer()
+    assert d.feed(MSG_A + MSG_B[:left]) == [MSG_A]
+    assert d.pending == left
+    with raises(Reason.STREAM_TRUNCATED_AT_EOF, len(MSG_A)):
+        d.eof()
+
+
+# --- the EEP3 alias --------------------------------------------------------------------
+
+
+def test_eep3_alias_framed_only_when_lenient() -> None:
+    eep = b"EEP3" + MSG_A[4:]
+    with raises(Reason.BAD_MAGIC, 0):
+        HepDeframer().feed(eep)
+    d = HepDeframer(lenient=True)
+    assert d.feed(eep + MSG_B) == [eep, MSG_B]
+    d.eof()
+
+
+def test_eep3_prefix_kept_pending_only_when_lenient() -> None:
+    d = HepDeframer(lenient=True)
+    assert d.feed(MSG_A + b"EE") == [MSG_A]
+    assert d.pending == 2
+    d = HepDeframer()
+    assert d.feed(MSG_A + b"EE") == [MSG_A]
+    with raises(Reason.BAD_MAGIC, len(MSG_A)):
+        d.eof()
