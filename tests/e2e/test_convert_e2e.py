@@ -1,0 +1,432 @@
+"""hep2pcap convert on every fixture, checked with real tshark and sngrep.
+
+For each input the output must show, in tshark with checksum verification on: one SIP frame
+per SIP message of the input, in HEP-time order, with the original addresses, ports and
+microsecond timestamps; TLS/TCP/WebSocket as TCP, the rest as UDP; good IP/UDP/TCP
+checksums; no expert warning (no TCP analysis flag: lost segment, ACKed unseen segment,
+retransmission, out-of-order); a HEP comment on every packet; one interface per agent.
+sngrep must count the dialogs the input holds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_support import (
+    CHECKSUM_GOOD,
+    FIXTURES,
+    TIMEOUT_S,
+    Frame,
+    expected_sip,
+    expert_problems,
+    hep2pcap_cmd,
+    hep3_chunks,
+    iter_udp_payloads,
+    manifest,
+    needs_pcap_reader,
+    public_capture,
+    run_convert,
+    sngrep_dialogs,
+    tcp_analysis_flags,
+    tshark_fields,
+    tshark_frames,
+)
+
+pytestmark = pytest.mark.e2e
+
+PROTO_NAMES = {0: "unset", 6: "TCP", 17: "UDP", 22: "TLS", 50: "WebSocket", 132: "SCTP"}
+
+RAW_FIXTURES = ["hep/sample-call.hep", "hep/sample-call.hep.gz", "hep/multi-agent.hep"]
+PCAP_FIXTURES = [
+    "pcap/hep-v2-udp.pcap",
+    "pcap/hep-v3-tcp.pcapng",
+    "pcap/hep-v3-udp-vlan.pcap",
+]
+ALL_FIXTURES = RAW_FIXTURES + PCAP_FIXTURES
+
+
+def fixture_path(name: str) -> Path:
+    if name.startswith("pcap/"):
+        needs_pcap_reader()
+    return FIXTURES / name
+
+
+def assert_frames_match(frames: list[Frame], expected: list[dict[str, Any]]) -> None:
+    """Frame-by-frame: the SIP frames of an output against the input's SIP messages."""
+    sip = [f for f in frames if f.is_sip]
+    assert len(sip) == len(frames), [f.protocols for f in frames if not f.is_sip]
+    assert len(sip) == len(expected)
+    for frame, exp in zip(sip, expected, strict=True):
+        where = f"frame {frame.number} ({exp['method'] or exp['status']} {exp['call_id']})"
+        assert frame.ts_us == exp["ts_us"], where
+        assert (frame.src, frame.dst) == (exp["src"], exp["dst"]), where
+        assert (frame.sport, frame.dport) == (exp["sport"], exp["dport"]), where
+        assert frame.transport == exp["transport"], where
+        if exp["method"]:
+            assert (frame.method, frame.status) == (exp["method"], ""), where
+        else:
+            assert (frame.method, frame.status) == ("", str(exp["status"])), where
+        assert frame.call_id == exp["call_id"], where
+
+
+def assert_clean(frames: list[Frame]) -> None:
+    """Every checksum verified good: IPv4 header, UDP, TCP (IPv6 has no header checksum)."""
+    for f in frames:
+        want = 1 + (1 if f.transport else 0) if ":ip:" in f.protocols else 1
+        assert len(f.checksums) == want, f"frame {f.number}: statuses {f.checksums}"
+        assert set(f.checksums) == {CHECKSUM_GOOD}, f"frame {f.number}: {f.checksums}"
+
+
+def assert_comments(frames: list[Frame], expected: list[dict[str, Any]]) -> None:
+    for frame, exp in zip(frames, expected, strict=True):
+        proto = exp["hep_proto"]
+        assert frame.comment.startswith(f"HEPv{exp['hep_version']}; "), frame.comment
+        assert f"proto {proto} ({PROTO_NAMES[proto]})" in frame.comment, frame.comment
+        agent = exp["agent"]
+        assert (f"agent {agent}" if agent is not None else "no agent id") in frame.comment
+
+
+def assert_tcp_continuous(frames: list[Frame]) -> None:
+    """Per direction, each TCP segment starts where the previous one ended."""
+    next_seq: dict[tuple[str, int | None, str, int | None], int] = {}
+    for f in frames:
+        if f.transport != "tcp":
+            continue
+        assert f.tcp_seq is not None
+        assert f.tcp_len is not None
+        key = (f.src, f.sport, f.dst, f.dport)
+        if key in next_seq:
+            assert f.tcp_seq == next_seq[key], f"frame {f.number}: seq gap in {key}"
+        next_seq[key] = f.tcp_seq + f.tcp_len
+
+
+def interface_for(agent: int | None) -> str:
+    return "hep-no-agent-id" if agent is None else f"hep-agent-{agent}"
+
+
+@pytest.mark.parametrize("name", ALL_FIXTURES)
+def test_convert_fixture(
+    name: str, tmp_path: Path, tshark: str, wireshark_env: dict[str, str]
+) -> None:
+    out = tmp_path / "out.pcapng"
+    run_convert([fixture_path(name)], out)
+    expected = expected_sip(name)
+    frames = tshark_frames(tshark, wireshark_env, out)
+
+    assert_frames_match(frames, expected)
+    assert_clean(frames)
+    assert_comments(frames, expected)
+    assert_tcp_continuous(frames)
+    assert [f.interface for f in frames] == [interface_for(e["agent"]) for e in expected]
+    assert expert_problems(tshark, wireshark_env, out) == []
+    assert tcp_analysis_flags(tshark, wireshark_env, out) == []
+
+
+@pytest.mark.parametrize("name", ALL_FIXTURES)
+def test_sngrep_counts_dialogs(name: str, tmp_path: Path, sngrep: str) -> None:
+    out = tmp_path / "out.pcapng"
+    run_convert([fixture_path(name)], out)
+    assert sngrep_dialogs(sngrep, out, tmp_path) == manifest(name)["dialogs"]
+
+
+def test_sample_call_tls_is_tcp_with_comment(
+    tmp_path: Path, tshark: str, wireshark_env: dict[str, str]
+) -> None:
+    """The README example: TLS-reported SIP (HEP proto 22) becomes plaintext TCP on 5061."""
+    out = tmp_path / "out.pcapng"
+    run_convert([FIXTURES / "hep" / "sample-call.hep"], out)
+    rows = tshark_fields(
+        tshark,
+        wireshark_env,
+        out,
+        ["frame.number", "frame.comment"],
+        display_filter="tcp.port == 5061 && sip",
+    )
+    assert len(rows) == 7
+    assert all("proto 22 (TLS)" in r["frame.comment"] for r in rows)
+
+
+def test_multi_agent_interfaces(tmp_path: Path, tshark: str, wireshark_env: dict[str, str]) -> None:
+    out = tmp_path / "out.pcapng"
+    run_convert([FIXTURES / "hep" / "multi-agent.hep"], out)
+    rows = tshark_fields(tshark, wireshark_env, out, ["frame.interface_id", "frame.interface_name"])
+    ids = {r["frame.interface_id"]: r["frame.interface_name"] for r in rows}
+    assert sorted(ids.values()) == ["hep-agent-2001", "hep-agent-2002"]
+    assert sorted(ids) == ["0", "1"]
+    node = tshark_fields(
+        tshark, wireshark_env, out, ["frame.interface_description"], display_filter="ipv6"
+    )
+    assert {r["frame.interface_description"] for r in node} == {
+        "HEP capture agent 2002 (node edge-v6)"
+    }
+
+
+def test_multi_agent_log_message_with_include_type(
+    tmp_path: Path, tshark: str, wireshark_env: dict[str, str]
+) -> None:
+    """The LOG message (type 100) is skipped by default and written when asked for."""
+    out = tmp_path / "out.pcapng"
+    name = "hep/multi-agent.hep"
+    proc = run_convert([FIXTURES / name], out)
+    assert b"skipped 1 (unsupported_payload_type=1)" in proc.stderr
+    proc = run_convert([FIXTURES / name], out, "--include-type", "100")
+    assert b"skipped 0" in proc.stderr
+    frames = tshark_frames(tshark, wireshark_env, out)
+    assert len(frames) == manifest(name)["hep_messages"]
+    logs = [f for f in frames if "type 100 (LOG)" in f.comment]
+    assert len(logs) == 1
+    (log,) = logs
+    (exp,) = [m for m in manifest(name)["messages"] if m["payload_type"] == 100]
+    assert (log.ts_us, log.src, log.dst, log.transport) == (
+        exp["ts_us"],
+        exp["src"],
+        exp["dst"],
+        "udp",
+    )
+    assert_clean(frames)
+
+
+def test_multiple_raw_inputs_merge_by_time(
+    tmp_path: Path, tshark: str, wireshark_env: dict[str, str], sngrep: str
+) -> None:
+    names = ["hep/multi-agent.hep", "hep/sample-call.hep"]
+    out = tmp_path / "out.pcapng"
+    run_convert([FIXTURES / n for n in names], out)
+    expected = sorted((m for n in names for m in expected_sip(n)), key=lambda m: int(m["ts_us"]))
+    frames = tshark_frames(tshark, wireshark_env, out)
+    assert_frames_match(frames, expected)
+    assert_clean(frames)
+    assert expert_problems(tshark, wireshark_env, out) == []
+    assert sngrep_dialogs(sngrep, out, tmp_path) == sum(manifest(n)["dialogs"] for n in names)
+
+
+def test_multiple_inputs_of_every_kind(
+    tmp_path: Path, tshark: str, wireshark_env: dict[str, str], sngrep: str
+) -> None:
+    """Raw, gzip, pcap and pcapng inputs in one run (disjoint addresses and agents)."""
+    names = [
+        "hep/sample-call.hep.gz",
+        "pcap/hep-v2-udp.pcap",
+        "pcap/hep-v3-tcp.pcapng",
+        "pcap/hep-v3-udp-vlan.pcap",
+    ]
+    out = tmp_path / "out.pcapng"
+    run_convert([fixture_path(n) for n in names], out)
+    expected = sorted((m for n in names for m in expected_sip(n)), key=lambda m: int(m["ts_us"]))
+    frames = tshark_frames(tshark, wireshark_env, out)
+    assert_frames_match(frames, expected)
+    assert_clean(frames)
+    assert_tcp_continuous(frames)
+    assert {f.interface for f in frames} == {
+        "hep-agent-2001",
+        "hep-agent-2003",
+        "hep-agent-2004",
+        "hep-agent-2005",
+    }
+    assert expert_problems(tshark, wireshark_env, out) == []
+    assert sngrep_dialogs(sngrep, out, tmp_path) == sum(manifest(n)["dialogs"] for n in names)
+
+
+def test_stdout_into_tshark_stdin(tshark: str, wireshark_env: dict[str, str]) -> None:
+    """``hep2pcap convert ... -w -`` piped into ``tshark -r -``."""
+    name = "hep/multi-agent.hep"
+    conv = subprocess.Popen(
+        [*hep2pcap_cmd(), "convert", str(FIXTURES / name), "-w", "-"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        out, err = conv.communicate(timeout=TIMEOUT_S)
+    finally:
+        conv.kill()
+    assert conv.returncode == 0, err
+    assert out[:4] == bytes.fromhex("0a0d0d0a")  # pcapng, and nothing else on stdout
+    assert b"read 20, wrote 19" in err  # the summary went to stderr
+    frames = tshark_frames(tshark, wireshark_env, "-", stdin=out)
+    assert_frames_match(frames, expected_sip(name))
+    assert expert_problems(tshark, wireshark_env, "-", stdin=out) == []
+
+
+def test_stdout_pipe_with_shell(tshark: str, wireshark_env: dict[str, str]) -> None:
+    """The same through a real OS pipe (no buffering in between)."""
+    name = FIXTURES / "hep" / "sample-call.hep"
+    conv = subprocess.Popen(
+        [*hep2pcap_cmd(), "convert", str(name), "-w", "-"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert conv.stdout is not None
+    try:
+        reader = subprocess.run(
+            [tshark, "-r", "-", "-Y", "sip", "-T", "fields", "-e", "frame.number"],
+            stdin=conv.stdout,
+            capture_output=True,
+            timeout=TIMEOUT_S,
+            env=wireshark_env,
+            check=False,
+        )
+        conv.stdout.close()
+        assert conv.wait(timeout=TIMEOUT_S) == 0
+    finally:
+        conv.kill()
+    assert reader.returncode == 0
+    assert len(reader.stdout.split()) == manifest("hep/sample-call.hep")["sip_messages"]
+
+
+LIBPCAP_RAW_IDB_BUG = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "pcapng with --linktype raw and two agents: libpcap 1.10 (sngrep, tcpdump) stops at "
+        "the second IDB: 'an interface has a type 101 different from the type of the first "
+        "interface' (it compares the first IDB's mapped DLT_RAW=12 with the raw 101)"
+    ),
+)
+VARIANTS = {
+    "pcap": ("--format", "pcap"),
+    "raw": ("--linktype", "raw"),
+    "pcap-raw": ("--format", "pcap", "--linktype", "raw"),
+    "raw-no-comments": ("--linktype", "raw", "--no-comments"),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        pytest.param(
+            name,
+            args,
+            id=f"{name.split('/')[1]}-{vid}",
+            marks=[LIBPCAP_RAW_IDB_BUG]
+            if name == "hep/multi-agent.hep" and "raw" in args and "pcap" not in args
+            else [],
+        )
+        for name in ("hep/sample-call.hep", "hep/multi-agent.hep")
+        for vid, args in VARIANTS.items()
+    ],
+)
+def test_output_variants(
+    name: str,
+    args: tuple[str, ...],
+    tmp_path: Path,
+    tshark: str,
+    wireshark_env: dict[str, str],
+    sngrep: str,
+) -> None:
+    out = tmp_path / "out.cap"
+    run_convert([FIXTURES / name], out, *args)
+    head = out.read_bytes()[:4]
+    if "pcap" in args:
+        assert head == bytes.fromhex("d4c3b2a1")  # classic pcap, little-endian, µs
+    else:
+        assert head == bytes.fromhex("0a0d0d0a")
+    encap = tshark_fields(tshark, wireshark_env, out, ["frame.protocols"])
+    first = "raw:ip" if "raw" in args else "eth:ethertype:ip"
+    assert all(r["frame.protocols"].startswith((first, first + "v6", "raw:ipv6")) for r in encap)
+    frames = tshark_frames(tshark, wireshark_env, out)
+    assert_frames_match(frames, expected_sip(name))
+    assert_clean(frames)
+    if "pcap" in args or "--no-comments" in args:
+        assert all(f.comment == "" for f in frames)
+    assert expert_problems(tshark, wireshark_env, out) == []
+    assert sngrep_dialogs(sngrep, out, tmp_path) == manifest(name)["dialogs"]
+
+
+# --- the public captures (read in place from ../shared/fixtures-public) ------------------------
+
+
+def public_messages(path: Path) -> list[dict[str, Any]]:
+    """HEP messages of a pcap of HEP over UDP, decoded by the test's own chunk reader."""
+    msgs = []
+    for _, data in iter_udp_payloads(path):
+        c = hep3_chunks(data)
+        msgs.append(
+            {
+                "src": str(ipaddress.ip_address(c[3])),
+                "dst": str(ipaddress.ip_address(c[4])),
+                "sport": int.from_bytes(c[7], "big"),
+                "dport": int.from_bytes(c[8], "big"),
+                "hep_proto": c[2][0],
+                "transport": "tcp" if c[2][0] in (6, 22, 50) else "udp",
+                "ts_us": int.from_bytes(c[9], "big") * 1_000_000 + int.from_bytes(c[10], "big"),
+                "payload_type": c[11][0],
+                "agent": int.from_bytes(c[12], "big"),
+                "auth": c.get(14),
+                "correlation": c.get(17),
+                "compressed": 16 in c,
+            }
+        )
+    return msgs
+
+
+def test_public_hep_pcap(tmp_path: Path, tshark: str, wireshark_env: dict[str, str]) -> None:
+    """hep-wireshark's hep.pcap: 6 SIP, 1 LOG, 1 RTCP-JSON over UDP, LF-only SIP text."""
+    needs_pcap_reader()
+    src = public_capture("hep-wireshark_hep.pcap")
+    msgs = public_messages(src)
+    assert len(msgs) == 8
+    sip = sorted((m for m in msgs if m["payload_type"] == 1), key=lambda m: m["ts_us"])
+    assert len(sip) == 6
+
+    out = tmp_path / "out.pcapng"
+    proc = run_convert([src], out)
+    assert proc.stderr.startswith(b"read 8, wrote 6, skipped 2 (unsupported_payload_type=2)")
+    frames = tshark_frames(tshark, wireshark_env, out)
+    # Wireshark parses the LF-only SIP text as SIP (sngrep does not, see below).
+    assert [f.is_sip for f in frames] == [True] * 6
+    for frame, exp in zip(frames, sip, strict=True):
+        assert frame.ts_us == exp["ts_us"]
+        assert (frame.src, frame.sport, frame.dst, frame.dport) == (
+            exp["src"],
+            exp["sport"],
+            exp["dst"],
+            exp["dport"],
+        )
+        assert frame.transport == "udp"
+        assert frame.interface == "hep-agent-2001"
+        assert "correlation qgf3dm9rudi@127.0.0.1" in frame.comment
+        assert "myHep" not in frame.comment  # the auth key is never written out
+    assert [f.method or f.status for f in frames] == [
+        "INVITE",
+        "100",
+        "407",
+        "OPTIONS",
+        "200",
+        "PUBLISH",
+    ]
+    assert_clean(frames)
+    assert expert_problems(tshark, wireshark_env, out) == []
+    assert b"myHep" not in out.read_bytes()
+
+
+def test_public_hep_pcap_sngrep_sees_no_dialog(tmp_path: Path, sngrep: str) -> None:
+    """sngrep 1.6 does not recognise SIP with bare LF line endings (hep-wireshark's sample
+    was generated that way), so it counts 0 dialogs in our output, exactly as it does in the
+    original capture with ``-E`` (fixtures-public/README.md). This pins sngrep's behaviour;
+    it is not a hep2pcap defect: the payload bytes are written unchanged."""
+    needs_pcap_reader()
+    out = tmp_path / "out.pcapng"
+    run_convert([public_capture("hep-wireshark_hep.pcap")], out)
+    assert sngrep_dialogs(sngrep, out, tmp_path) == 0
+
+
+@pytest.mark.parametrize(
+    ("password", "summary"),
+    [
+        ("myHep", b"read 8, wrote 6, skipped 2 (unsupported_payload_type=2), dropped 0"),
+        ("wrong", b"read 8, wrote 0, skipped 0, dropped 8 (auth_mismatch=8)"),
+        ("myHe", b"read 8, wrote 0, skipped 0, dropped 8 (auth_mismatch=8)"),  # no prefix match
+    ],
+)
+def test_public_hep_pcap_password(
+    password: str, summary: bytes, tmp_path: Path, tshark: str, wireshark_env: dict[str, str]
+) -> None:
+    needs_pcap_reader()
+    out = tmp_path / "out.pcapng"
+    proc = run_convert([public_capture("hep-wireshark_hep.pcap")], out, "--password", password)
+    assert summary in proc.stderr, proc.stderr
+    wrote = int(summary.split(b"wrote ")[1].split(b",")[0])
+    assert len(tshark_fields(tshark, wireshark_env, out, ["frame.number"])) == wrote
