@@ -46,6 +46,19 @@ _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
 _END_OF_OPTIONS = OPTION_HEADER.pack(OPT_ENDOFOPT, 0)
 
 
+#: An option's value length is a 16-bit field (draft-ietf-opsawg-pcapng §3.5).
+MAX_OPTION_VALUE = 0xFFFF
+
+
+def _utf8(text: str) -> bytes:
+    """A string option's value: UTF-8, clipped to MAX_OPTION_VALUE bytes on a character
+    boundary (a node name of 30000 invalid bytes decodes to 90000 bytes of U+FFFD)."""
+    data = text.encode("utf-8", "replace")
+    if len(data) > MAX_OPTION_VALUE:
+        data = data[:MAX_OPTION_VALUE].decode("utf-8", "ignore").encode()
+    return data
+
+
 def _option(code: int, value: bytes) -> bytes:
     return OPTION_HEADER.pack(code, len(value)) + value + _PAD[len(value) & 3]
 
@@ -64,12 +77,12 @@ def _block(block_type: int, body: bytes) -> bytes:
 def encode_shb(user_appl: str) -> bytes:
     """Section Header Block (version 1.0, unknown section length)."""
     body = SHB_BODY.pack(BYTE_ORDER_MAGIC, 1, 0, -1)
-    return _block(BLOCK_TYPE_SHB, body + _options([(OPT_SHB_USERAPPL, user_appl.encode())]))
+    return _block(BLOCK_TYPE_SHB, body + _options([(OPT_SHB_USERAPPL, _utf8(user_appl))]))
 
 
 def encode_idb(linktype: int, snaplen: int, name: str, description: str) -> bytes:
     """Interface Description Block; timestamps use the default microsecond resolution."""
-    opts = [(OPT_IF_NAME, name.encode()), (OPT_IF_DESCRIPTION, description.encode())]
+    opts = [(OPT_IF_NAME, _utf8(name)), (OPT_IF_DESCRIPTION, _utf8(description))]
     return _block(BLOCK_TYPE_IDB, IDB_BODY.pack(linktype, 0, snaplen) + _options(opts))
 
 
@@ -79,6 +92,8 @@ def encode_epb(interface: int, ts_us: int, frame: bytes, comment: str | None = N
     tail = _PAD[size & 3]
     if comment:
         text = comment.encode("utf-8", "replace")
+        if len(text) > MAX_OPTION_VALUE:
+            text = _utf8(comment)
         tail += b"".join(
             (OPTION_HEADER.pack(OPT_COMMENT, len(text)), text, _PAD[len(text) & 3], _END_OF_OPTIONS)
         )
