@@ -185,6 +185,265 @@ def convert_cmd(
 convert_cmd.name = "convert"
 
 
+# ---- listen (issue 3: live capture) ------------------------------------------------------
+# Kept in one block, apart from convert; imports are local so convert does not pay for them.
+
+DEFAULT_LISTEN = ("udp:127.0.0.1:9060", "tcp:127.0.0.1:9060")
+
+
+@cli.command("listen", context_settings=CONTEXT)
+@click.option(
+    "-l", "--listen", "listen_urls", multiple=True, metavar="URL",
+    help="udp:HOST:PORT, tcp:HOST:PORT or tls:HOST:PORT (IPv6 in brackets); repeatable. "
+    "[default: udp:127.0.0.1:9060 and tcp:127.0.0.1:9060]",
+)  # fmt: skip
+@click.option(
+    "-w", "--write", "output", required=True, metavar="FILE",
+    help="Output pcapng, '-' for stdout. With -G, strftime patterns are expanded.",
+)  # fmt: skip
+@click.option("-c", "--count", type=click.IntRange(1), help="Stop after N written messages.")
+@click.option(
+    "--duration", "duration_s", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+    help="Stop after this many seconds.",
+)  # fmt: skip
+@click.option(
+    "-C", "file_size_mb", type=click.FloatRange(0, min_open=True), metavar="MB",
+    help="Start a new file when the current one reaches MB million bytes.",
+)  # fmt: skip
+@click.option(
+    "-G", "rotate_s", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+    help="Start a new file every SECONDS.",
+)  # fmt: skip
+@click.option(
+    "-W", "max_files", type=click.IntRange(1), metavar="N",
+    help="Keep at most N files (ring buffer; the oldest is deleted).",
+)  # fmt: skip
+@click.option(
+    "--rcvbuf", type=click.IntRange(4096), default=32 * 1024 * 1024, show_default=True,
+    metavar="BYTES", help="UDP socket receive buffer to ask the kernel for.",
+)  # fmt: skip
+@click.option("--tls-cert", type=click.Path(dir_okay=False), help="Certificate (PEM) for tls:.")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="Private key (PEM) for tls:.")
+@click.option(
+    "--tls-client-ca", type=click.Path(dir_okay=False),
+    help="Require TLS clients to show a certificate signed by this CA (PEM).",
+)  # fmt: skip
+@click.option(
+    "--password", metavar="KEY",
+    help="Require this HEP auth key (HEPv3 only; v1/v2 are then rejected).",
+)  # fmt: skip
+@click.option(
+    "--allow", "allow_cidrs", multiple=True, metavar="CIDR",
+    help="Accept datagrams and connections only from this network; repeatable.",
+)  # fmt: skip
+@click.option(
+    "--forward", "forward_url", metavar="URL",
+    help="Relay every accepted HEP message unchanged to udp:HOST:PORT or tcp:HOST:PORT.",
+)  # fmt: skip
+@click.option(
+    "--tcp-idle-timeout", "idle_s", type=click.FloatRange(0, min_open=True), default=60.0,
+    show_default=True, metavar="SECONDS", help="Close TCP/TLS connections silent this long.",
+)  # fmt: skip
+@click.option(
+    "--max-connections", type=click.IntRange(1), default=1024, show_default=True,
+    help="TCP/TLS connections at once; more are refused and counted.",
+)  # fmt: skip
+@click.option(
+    "--stats-interval", "stats_s", type=click.FloatRange(0), default=0, metavar="SECONDS",
+    help="Print a one-line status on stderr every SECONDS (0: never).",
+)  # fmt: skip
+@click.option(
+    "--window", "window_s", type=click.FloatRange(0, 3600), default=0.5, show_default=True,
+    help="Reorder window in seconds (frames are written this late).",
+)  # fmt: skip
+@click.option(
+    "--linktype", type=click.Choice(sorted(LINKTYPES)), default="ethernet", show_default=True,
+    help="Link layer of the rebuilt frames.",
+)  # fmt: skip
+@click.option("--no-comments", is_flag=True, help="Do not write a HEP comment on each packet.")
+@click.option(
+    "--include-type", "include_types", multiple=True, metavar="N|all",
+    help="Also write this HEP payload type (e.g. 100 for LOG); 'all' writes every type.",
+)  # fmt: skip
+@click.option(
+    "--use-receive-time", is_flag=True, help="Use the receive time when HEPv3 has no timestamp."
+)
+@click.option("-v", "--verbose", count=True, help="Log every rejected message.")
+@click.option("-q", "--quiet", is_flag=True, help="Print no summary, status or warnings.")
+def listen_cmd(
+    listen_urls: tuple[str, ...],
+    output: str,
+    count: int | None,
+    duration_s: float | None,
+    file_size_mb: float | None,
+    rotate_s: float | None,
+    max_files: int | None,
+    rcvbuf: int,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_client_ca: str | None,
+    password: str | None,
+    allow_cidrs: tuple[str, ...],
+    forward_url: str | None,
+    idle_s: float,
+    max_connections: int,
+    stats_s: float,
+    window_s: float,
+    linktype: str,
+    no_comments: bool,
+    include_types: tuple[str, ...],
+    use_receive_time: bool,
+    verbose: int,
+    quiet: bool,
+) -> None:
+    """Capture live HEP (UDP, TCP, TLS) to pcapng that can be opened at any moment.
+
+    Listens on 127.0.0.1:9060 (UDP and TCP) unless -l says otherwise, prints the bound
+    addresses on stderr, and writes SIP frames in HEP-time order, flushed every second.
+    SIGINT/SIGTERM flush, close and print the summary (exit 0); SIGHUP starts a new file.
+    Rotated files are named NAME.00000.EXT, NAME.00001.EXT, ...
+
+    Example: hep2pcap listen -l udp:0.0.0.0:9060 -w 'calls-%H%M.pcapng' -G 3600 -W 24
+    """
+    import signal
+
+    from .rotate import BlockFile, RotatingWriter
+    from .sources.live import Forwarder, LiveOptions, LiveSource, parse_allow
+    from .sources.tcp import make_server_context
+    from .sources.udp import parse_endpoint
+    from .stats import Stats
+
+    _setup_logging(verbose > 0, quiet)
+    log = logging.getLogger("hep2pcap")
+    try:
+        endpoints = tuple(parse_endpoint(u) for u in (listen_urls or DEFAULT_LISTEN))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="-l/--listen") from None
+    try:
+        networks = tuple(parse_allow(c) for c in allow_cidrs) if allow_cidrs else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--allow") from None
+    try:
+        upstream = parse_endpoint(forward_url, ("udp", "tcp")) if forward_url else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--forward") from None
+    rotating = file_size_mb is not None or rotate_s is not None or max_files is not None
+    if output == "-" and rotating:
+        raise click.UsageError("-C, -G and -W need a file name, not '-w -'")
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if any(ep.scheme == "tls" for ep in endpoints) and tls_cert is None:
+        raise click.UsageError("a tls: listener needs --tls-cert and --tls-key")
+    if tls_client_ca is not None and tls_cert is None:
+        raise click.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
+
+    options = Options(
+        decode=DecodeOptions(use_receive_time=use_receive_time),
+        password=password.encode() if password is not None else None,
+        payload_types=_payload_types(include_types),
+        window_us=round(window_s * 1_000_000),
+        comments=not no_comments,
+        linktype=LINKTYPES[linktype],
+    )
+    stats = Stats()
+    with ExitStack() as stack:
+        try:
+            tls = (
+                make_server_context(tls_cert, tls_key, tls_client_ca)
+                if tls_cert is not None and tls_key is not None
+                else None
+            )
+            live = LiveOptions(
+                endpoints=endpoints,
+                rcvbuf=rcvbuf,
+                tls=tls,
+                allow=networks,
+                tcp_idle_timeout_s=idle_s,
+                max_connections=max_connections,
+            )
+            source = LiveSource(live, stats, count=count, duration_s=duration_s)
+            source.open()
+            stack.callback(source.close)
+            for u in source.udp:
+                if u.rcvbuf < u.rcvbuf_requested:
+                    log.warning(
+                        "%s: the OS capped the receive buffer at %d bytes (asked %d); "
+                        "raise the cap with: sysctl -w net.core.rmem_max=%d",
+                        u.address, u.rcvbuf, u.rcvbuf_requested, u.rcvbuf_requested,
+                    )  # fmt: skip
+            rotator: RotatingWriter | None = None
+            writer: PacketWriter
+            if output == "-":
+                writer = PcapngWriter(
+                    BlockFile(sys.stdout.buffer),  # type: ignore[arg-type]
+                    options.linktype,
+                    comments=options.comments,
+                )
+                writer.flush()
+            else:
+                rotator = RotatingWriter(
+                    output,
+                    options.linktype,
+                    comments=options.comments,
+                    max_bytes=round(file_size_mb * 1_000_000) if file_size_mb else None,
+                    interval_s=rotate_s,
+                    max_files=max_files,
+                )
+                stack.callback(rotator.close)
+                writer = rotator
+            if upstream is not None:
+                source.forward = Forwarder(upstream)
+            for ep in source.addresses:
+                click.echo(f"listening on {ep}", err=True)
+            next_status = [0.0]
+
+            def on_tick(now: float) -> None:
+                if stats_s <= 0 or quiet or now < next_status[0]:
+                    return
+                next_status[0] = now + stats_s
+                drops = source.kernel_drops()
+                click.echo(
+                    f"hep2pcap: received {source.received}, wrote {stats.written}, "
+                    f"dropped {stats.dropped_total}, kernel drops "
+                    f"{'?' if drops is None else drops}, backlog {source.backlog_bytes // 1024}"
+                    f" KiB, connections {source.open_connections}, file "
+                    f"{rotator.current_path if rotator is not None else 'stdout'}",
+                    err=True,
+                )
+
+            source.on_tick = on_tick
+            stops = [0]
+
+            def on_stop(signum: int, frame: object) -> None:
+                source.stop(now=stops[0] > 0)  # a second Ctrl-C does not wait for the backlog
+                stops[0] += 1
+
+            def on_hup(signum: int, frame: object) -> None:
+                if rotator is not None:
+                    rotator.reopen()
+
+            for sig, handler in (
+                (signal.SIGINT, on_stop),
+                (signal.SIGTERM, on_stop),
+                (signal.SIGHUP, on_hup),
+            ):
+                old = signal.signal(sig, handler)
+                stack.callback(signal.signal, sig, old)
+            convert([source], writer, options, stats)
+            source.close()
+            writer.close()
+        except Hep2PcapError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except BrokenPipeError:
+            sys.stderr.close()  # the reader went away (| tshark stopped): end quietly
+            return
+    if not quiet:
+        click.echo(stats.summary(), err=True)
+
+
+# ---- end of listen ------------------------------------------------------------------------
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="hep2pcap")

@@ -78,6 +78,8 @@ class Reason(enum.Enum):
     IP_FRAGMENT_OVERLAP = "ip_fragment_overlap"
     IP_FRAGMENT_INCOMPLETE = "ip_fragment_incomplete"
     TCP_STREAM_GAP = "tcp_stream_gap"
+    # live capture (hep2pcap listen)
+    NOT_ALLOWED = "not_allowed"  # a datagram or connection from outside --allow
 
 
 #: Reasons that mean "not for us, by design" rather than "broken": counted as skipped,

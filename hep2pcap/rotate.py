@@ -1,0 +1,215 @@
+"""Output files for live capture: whole-block buffering and tcpdump-style rotation.
+
+Owns: opening, naming, rotating (-C size, -G time, -W ring of N files, SIGHUP reopen) and
+flushing output files. Every file is a complete pcapng of its own (SHB, then an IDB per
+capture agent as first seen in that file). Blocks reach the OS whole — never half a block —
+so a reader (or a SIGKILL) sees a valid file up to the last flush. This module is an I/O
+edge like ``sources/``: it opens files and reads the wall clock; the block layouts stay in
+``pcapng.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from .errors import Hep2PcapError
+from .pcapng import PcapngWriter
+
+#: Bytes held in memory before they are written, at most (also written on every flush).
+BLOCK_BUFFER = 256 * 1024
+
+
+class BlockFile:
+    """A write buffer that passes only whole blocks to ``raw`` (one ``write`` per batch).
+
+    Args:
+        raw: where bytes go; ``flush()`` is called on it after every batch.
+        limit: buffered bytes that trigger a write.
+    """
+
+    def __init__(self, raw: BinaryIO, limit: int = BLOCK_BUFFER) -> None:
+        self._raw = raw
+        self._limit = limit
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def write(self, block: bytes) -> int:
+        """Buffer one whole block."""
+        self._parts.append(block)
+        self._size += len(block)
+        if self._size >= self._limit:
+            self.flush()
+        return len(block)
+
+    def flush(self) -> None:
+        """Hand everything buffered to the OS."""
+        if self._parts:
+            data = memoryview(b"".join(self._parts))
+            self._parts.clear()
+            self._size = 0
+            while data:  # raw files may write less than asked
+                n = self._raw.write(data)
+                data = data[n if n is not None else len(data) :]
+        self._raw.flush()
+
+
+def indexed(path: str, index: int) -> str:
+    """``calls.pcapng`` → ``calls.00003.pcapng`` (the index goes before the extension)."""
+    p = Path(path)
+    return (
+        str(p.with_name(f"{p.stem}.{index:05d}{p.suffix}")) if p.suffix else f"{path}.{index:05d}"
+    )
+
+
+class RotatingWriter:
+    """A :class:`~hep2pcap.pcapng.PacketWriter` that writes a series of pcapng files.
+
+    Names: with ``interval_s`` the name is passed through ``strftime`` (local time) when
+    each file is opened; with ``max_bytes`` or ``max_files`` (or a time name without a
+    ``%`` pattern) a 5-digit index goes before the extension. A SIGHUP-style ``reopen()``
+    without any of these reopens the same name — after logrotate moved the old file away;
+    if it is still there, an index is added rather than overwrite it.
+
+    Args:
+        template: the output path (maybe with strftime patterns).
+        linktype: link type of every file.
+        comments: write per-packet comments.
+        max_bytes: start a new file once the current one reaches this size (-C).
+        interval_s: start a new file this many seconds after the current one opened (-G).
+        max_files: keep at most this many files of this run, deleting the oldest (-W).
+        clock: wall clock in seconds (tests pass their own).
+
+    Raises:
+        Hep2PcapError: a file cannot be created.
+    """
+
+    def __init__(
+        self,
+        template: str,
+        linktype: int,
+        *,
+        comments: bool = True,
+        max_bytes: int | None = None,
+        interval_s: float | None = None,
+        max_files: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.template = template
+        self.linktype = linktype
+        self.comments = comments
+        self.max_bytes = max_bytes
+        self.interval_s = interval_s
+        self.max_files = max_files
+        self.clock = clock
+        self.files_opened = 0
+        self._numbered = (
+            max_bytes is not None
+            or max_files is not None
+            or (interval_s is not None and "%" not in template)
+        )
+        self._index = 0
+        self._paths: deque[str] = deque()
+        self._reopen = False
+        self._file: BinaryIO | None = None
+        self._out: BlockFile | None = None
+        self._writer: PcapngWriter | None = None
+        self._rotate_at = 0.0
+        self.current_path = ""
+        self._open_next()
+
+    def reopen(self) -> None:
+        """Close the current file and start a new one at the next write or flush.
+
+        Only sets a flag: safe to call from a signal handler.
+        """
+        self._reopen = True
+
+    def write_packet(
+        self, agent: int | None, node: str | None, ts_us: int, frame: bytes, comment: str | None
+    ) -> None:
+        """Write one frame, rotating first when a limit is reached."""
+        writer = self._writer
+        assert writer is not None
+        if (
+            self._reopen
+            or (self.max_bytes is not None and writer.bytes_written >= self.max_bytes)
+            or (self.interval_s is not None and self.clock() >= self._rotate_at)
+        ):
+            self._rotate()
+            writer = self._writer
+            assert writer is not None
+        writer.write_packet(agent, node, ts_us, frame, comment)
+
+    def flush(self) -> None:
+        """Write buffered blocks to the OS (and honour a pending reopen)."""
+        if self._reopen:
+            self._rotate()
+        elif self._out is not None:
+            self._out.flush()
+
+    def close(self) -> None:
+        """Flush and close the current file."""
+        self._close_current()
+
+    @property
+    def bytes_written(self) -> int:
+        """Size of the current file so far."""
+        return self._writer.bytes_written if self._writer is not None else 0
+
+    def _rotate(self) -> None:
+        self._reopen = False
+        self._close_current()
+        self._open_next()
+
+    def _close_current(self) -> None:
+        if self._out is not None and self._file is not None:
+            try:
+                self._out.flush()
+            finally:
+                self._file.close()
+        self._out = self._file = self._writer = None
+
+    def _next_name(self) -> str:
+        now = self.clock()
+        name = (
+            time.strftime(self.template, time.localtime(now))
+            if self.interval_s is not None
+            else self.template
+        )
+        if self._numbered:
+            self._index += 1
+            return indexed(name, self._index - 1)
+        base = name
+        while name in self._paths and os.path.exists(name):  # still there: do not overwrite
+            name = indexed(base, self._index)
+            self._index += 1
+        return name
+
+    def _open_next(self) -> None:
+        path = self._next_name()
+        try:
+            raw = cast(BinaryIO, open(path, "wb", buffering=0))  # noqa: SIM115
+        except OSError as exc:
+            raise Hep2PcapError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+        self._file = raw
+        self._out = BlockFile(raw)
+        self._writer = PcapngWriter(
+            cast(BinaryIO, self._out), self.linktype, comments=self.comments
+        )
+        self._out.flush()  # the SHB: even an empty file is a valid pcapng
+        self.current_path = path
+        self.files_opened += 1
+        if self.interval_s is not None:
+            self._rotate_at = self.clock() + self.interval_s
+        if path in self._paths:
+            self._paths.remove(path)
+        self._paths.append(path)
+        while self.max_files is not None and len(self._paths) > self.max_files:
+            with contextlib.suppress(OSError):
+                os.unlink(self._paths.popleft())
