@@ -230,11 +230,13 @@ class _Half:
         "deframer",
         "fin_seq",
         "gap_ts",
+        "head",
         "isn",
         "last_pos",
         "next_seq",
         "ooo",
         "ooo_bytes",
+        "skip",
         "state",
     )
 
@@ -248,6 +250,8 @@ class _Half:
         self.gap_ts: int | None = None
         self.deframer: HepDeframer | None = None
         self.last_pos = pos
+        self.head = b""  # first bytes (up to 6) of the message the deframer is waiting on
+        self.skip = 0  # bytes still to drop before the next message boundary (resync)
 
 
 _FlowKey = tuple[bytes, int, bytes, int]
@@ -676,7 +680,10 @@ class PcapSource:
             self._short("Ethernet header", ETH_HEADER_SIZE, end - off, pos, cut)
             return
         etype = (buf[off + 12] << 8) | buf[off + 13]
-        self._ethertype(etype, buf, off + ETH_HEADER_SIZE, end, ts, pos, cut)
+        if etype == ETHERTYPE_IPV4:  # the common case, without the VLAN loop
+            self._ipv4(buf, off + ETH_HEADER_SIZE, end, ts, pos, cut)
+        else:
+            self._ethertype(etype, buf, off + ETH_HEADER_SIZE, end, ts, pos, cut)
 
     def _sll(self, buf: bytes, off: int, end: int, ts: int | None, pos: int, cut: bool) -> None:
         if end - off < SLL_HEADER_SIZE:
@@ -1030,7 +1037,7 @@ class PcapSource:
                 return
             cut = True
             dend = pend
-        head = buf[s : s + 4]
+        head = buf[s : s + 4 if dend - s >= 4 else dend]  # never peek into frame padding
         ports = self._hep_ports
         on_port = sport in ports or dport in ports
         if head == HEP3_MAGIC or (
@@ -1086,10 +1093,16 @@ class PcapSource:
         dlen = pend - ds
         key = (src, sport, dst, dport)
         flows = self._flows
+        if flags & TCP_RST:  # ends both directions; data on a RST is not stream data
+            for k in (key, (dst, dport, src, sport)):
+                h = flows.get(k)
+                if h is not None and h.state < _IGNORED:
+                    self._close(k, h, pos, "connection reset")
+            return
         half = flows.pop(key, None)  # re-inserted below: the dict's order is least recent first
         if half is None:
-            if flags & TCP_RST or (dlen == 0 and not flags & TCP_SYN):
-                return  # nothing to learn from a bare ACK/FIN/RST of an unknown flow
+            if dlen == 0 and not flags & TCP_SYN:
+                return  # nothing to learn from a bare ACK/FIN of an unknown flow
             if len(flows) >= self._max_flows:
                 old_key = next(iter(flows))
                 old = flows.pop(old_key)
@@ -1115,13 +1128,6 @@ class PcapSource:
                 self._truncated_segment(key, half, seq, buf[ds:pend], pos)
             else:
                 self._segment(key, half, seq, buf[ds:pend], ts, pos)
-        if flags & TCP_RST:
-            self._close(key, half, pos, "connection reset")
-            rkey = (dst, dport, src, sport)
-            other = flows.get(rkey)
-            if other is not None and other.state < _IGNORED:
-                self._close(rkey, other, pos, "connection reset")
-            return
         if half.state >= _IGNORED:
             return
         if flags & TCP_FIN:
@@ -1160,6 +1166,9 @@ class PcapSource:
         half.state = _IGNORED
         half.ooo = {}
         half.ooo_bytes = 0
+        other = self._flows.get((key[2], key[3], key[0], key[1]))
+        if other is not None and other.state == _IGNORED:
+            return  # counted once per connection, not once per direction
         self._problem(
             Reason.NOT_HEP,
             pos,
@@ -1216,6 +1225,12 @@ class PcapSource:
         deframer = half.deframer
         if deframer is None:
             return
+        if half.skip:  # resynchronising: drop the rest of a message cut by a hole
+            if len(data) <= half.skip:
+                half.skip -= len(data)
+                return
+            data = data[half.skip :]
+            half.skip = 0
         try:
             messages = deframer.feed(data)
         except DecodeError as exc:
@@ -1227,6 +1242,15 @@ class PcapSource:
         out = self._out
         for message in messages:
             out.append(Record(message, ts, pos))
+        # Remember the pending message's header: after a hole it tells where the next starts.
+        pending = deframer.pending
+        if not pending:
+            half.head = b""
+        elif pending <= len(data):
+            start = len(data) - pending
+            half.head = data[start : start + 6]
+        elif len(half.head) < 6:
+            half.head = (half.head + data)[:6]
 
     def _fail(self, half: _Half) -> None:
         half.state = _FAILED
@@ -1277,14 +1301,31 @@ class PcapSource:
         deframer = half.deframer
         lost = deframer.pending if deframer is not None else 0
         partial = f", {lost} bytes of a partial message lost" if lost else ""
-        if first.startswith(HEP3_MAGIC):
+        head = half.head
+        # Bytes from the hole's start to the next message boundary, when known: the cut
+        # message's own length field says where the next one starts (HEP-SPEC §5).
+        remaining: int | None = None
+        if half.skip:
+            remaining = half.skip  # a second hole while still dropping a cut message
+        elif lost and len(head) == 6 and head.startswith(HEP3_MAGIC):
+            remaining = int.from_bytes(head[4:6], "big") - lost
+        skip = -1
+        if remaining is not None and remaining >= missing:
+            skip = remaining - missing
+            where = f"at the message boundary {skip} bytes after the hole"
+        elif first.startswith(HEP3_MAGIC):
+            skip = 0
+            where = "at the HEP3 header after the hole"
+        if skip >= 0:
             self._problem(
                 Reason.TCP_STREAM_GAP,
                 pos,
                 f"{_flow_text(key)}: {missing} bytes never captured ({why}){partial};"
-                " resynchronised at the next HEP3 header",
+                f" resynchronised {where}",
             )
             half.deframer = HepDeframer()
+            half.head = b""
+            half.skip = skip
             half.next_seq = lowest
             self._drain(key, half)
         else:
