@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import subprocess
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,12 @@ pytestmark = pytest.mark.e2e
 
 PROTO_NAMES = {0: "unset", 6: "TCP", 17: "UDP", 22: "TLS", 50: "WebSocket", 132: "SCTP"}
 
-RAW_FIXTURES = ["hep/sample-call.hep", "hep/sample-call.hep.gz", "hep/multi-agent.hep"]
+RAW_FIXTURES = [
+    "hep/sample-call.hep",
+    "hep/sample-call.hep.gz",
+    "hep/multi-agent.hep",
+    "hep/sender-quirks.hep",
+]
 PCAP_FIXTURES = [
     "pcap/hep-v2-udp.pcap",
     "pcap/hep-v3-tcp.pcapng",
@@ -88,6 +94,8 @@ def assert_comments(frames: list[Frame], expected: list[dict[str, Any]]) -> None
         assert f"proto {proto} ({PROTO_NAMES[proto]})" in frame.comment, frame.comment
         agent = exp["agent"]
         assert (f"agent {agent}" if agent is not None else "no agent id") in frame.comment
+        for note in exp["comment_has"]:
+            assert note in frame.comment, f"frame {frame.number}: {note!r} not in comment"
 
 
 def assert_tcp_continuous(frames: list[Frame]) -> None:
@@ -430,3 +438,57 @@ def test_public_hep_pcap_password(
     assert summary in proc.stderr, proc.stderr
     wrote = int(summary.split(b"wrote ")[1].split(b",")[0])
     assert len(tshark_fields(tshark, wireshark_env, out, ["frame.number"])) == wrote
+
+
+def test_public_compressed_pcapng(
+    tmp_path: Path, tshark: str, wireshark_env: dict[str, str], sngrep: str
+) -> None:
+    """hep-wireshark's hep3_compressed: Linux cooked capture, zlib payloads, SIP over TCP.
+
+    Each HEP message was captured three times (broadcast plus container forwarding).
+    hep2pcap does not suppress duplicates: all 21 are written, as 21 consecutive segments
+    of the rebuilt TCP streams (so Wireshark flags no retransmission; the SIP appears three
+    times). sngrep counts the distinct Call-IDs.
+    """
+    needs_pcap_reader()
+    src = public_capture("hep-wireshark_hep3_compressed.pcapng")
+    msgs = public_messages(src)
+    assert len(msgs) == 21
+    assert all(m["compressed"] and m["hep_proto"] == 6 for m in msgs)
+    payloads = [zlib.decompress(hep3_chunks(d)[0x10]) for _, d in iter_udp_payloads(src)]
+    assert len(set(payloads)) == 7
+    order = sorted(range(len(msgs)), key=lambda i: msgs[i]["ts_us"])  # stable: arrival order
+
+    out = tmp_path / "out.pcapng"
+    proc = run_convert([src], out)
+    assert b"read 21, wrote 21, skipped 0, dropped 0" in proc.stderr
+    frames = tshark_frames(tshark, wireshark_env, out)
+    assert len(frames) == 21
+    for frame, i in zip(frames, order, strict=True):
+        exp = msgs[i]
+        assert frame.is_sip
+        assert frame.ts_us == exp["ts_us"]
+        assert (frame.src, frame.sport, frame.dst, frame.dport) == (
+            exp["src"],
+            exp["sport"],
+            exp["dst"],
+            exp["dport"],
+        )
+        assert frame.transport == "tcp"
+        assert frame.interface == "hep-agent-228"
+        assert "proto 6 (TCP)" in frame.comment
+        assert "compressed payload" in frame.comment
+        first_line = payloads[i].split(b"\r\n", 1)[0].decode()
+        assert (frame.method or frame.status) in first_line
+        assert frame.tcp_len == len(payloads[i])
+    assert_clean(frames)
+    assert_tcp_continuous(frames)
+    assert expert_problems(tshark, wireshark_env, out) == []
+    assert tcp_analysis_flags(tshark, wireshark_env, out) == []
+    call_ids = {
+        line.split(b":", 1)[1].strip()
+        for p in payloads
+        for line in p.split(b"\r\n")
+        if line.lower().startswith(b"call-id:")
+    }
+    assert sngrep_dialogs(sngrep, out, tmp_path) == len(call_ids)
