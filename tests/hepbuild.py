@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
+from typing import Literal
 
 from hep2pcap.hep import ChunkType
 
 #: (vendor id, chunk type, value) — one HEPv3 chunk before encoding.
 Chunk = tuple[int, int, bytes]
+#: Chunk values to replace (``None`` removes the chunk), by chunk type.
+Changes = Mapping[int, bytes | None] | Mapping[ChunkType, bytes | None]
 
 #: 2023-11-14T22:13:20Z: inside the plausible window of HEP-SPEC §9 for any ref time used here.
 TS_SEC = 1_700_000_000
@@ -70,9 +73,9 @@ BASE_V3: dict[int, bytes] = {
 }
 
 
-def base_chunks(changes: Mapping[int, bytes | None] | None = None) -> list[Chunk]:
+def base_chunks(changes: Changes | None = None) -> list[Chunk]:
     """BASE_V3 as chunk tuples; ``changes`` replaces values, ``None`` removes a chunk."""
-    values = dict(BASE_V3)
+    values: dict[int, bytes] = dict(BASE_V3)
     for ctype, value in (changes or {}).items():
         if value is None:
             values.pop(ctype, None)
@@ -81,7 +84,7 @@ def base_chunks(changes: Mapping[int, bytes | None] | None = None) -> list[Chunk
     return [(0, ctype, value) for ctype, value in values.items()]
 
 
-def v3(changes: Mapping[int, bytes | None] | None = None, *extra: Chunk | bytes) -> bytes:
+def v3(changes: Changes | None = None, *extra: Chunk | bytes) -> bytes:
     """The base message with ``changes`` applied and ``extra`` chunks appended."""
     return hep3(*base_chunks(changes), *extra)
 
@@ -106,7 +109,8 @@ def v12(
     return head + src + dst + time + payload
 
 
-def v2_time(sec: int, usec: int, node: int, pad: bytes = b"\0\0", order: str = "little") -> bytes:
+def v2_time(
+    sec: int, usec: int, node: int, pad: bytes = b"\0\0", order: Literal["little", "big"] = "little"
+) -> bytes:
     """The v2 time header: seconds, microseconds, capture node id, 2 bytes of padding."""
-    o = "little" if order == "little" else "big"
-    return sec.to_bytes(4, o) + usec.to_bytes(4, o) + node.to_bytes(2, o) + pad
+    return sec.to_bytes(4, order) + usec.to_bytes(4, order) + node.to_bytes(2, order) + pad

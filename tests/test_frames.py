@@ -67,14 +67,14 @@ def oracle(
         l4 = TCP(sport=msg.src_port, dport=msg.dst_port, seq=seq, ack=ack, flags="PA", window=65535)
     else:
         l4 = UDP(sport=msg.src_port, dport=msg.dst_port)
-    pkt = l3 / l4 / Raw(payload)
+    pkt: Packet = l3 / l4 / Raw(payload)
     if linktype == LINKTYPE_ETHERNET:
         pkt = Ether(src=mac(msg.src_ip), dst=mac(msg.dst_ip)) / pkt
     return bytes(pkt)
 
 
 def tcp_fields(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> tuple[int, int, int, bytes]:
-    pkt = Ether(frame) if linktype == LINKTYPE_ETHERNET else _raw_ip(frame)
+    pkt: Packet = Ether(frame) if linktype == LINKTYPE_ETHERNET else _raw_ip(frame)
     tcp = pkt[TCP]
     return tcp.seq, tcp.ack, int(tcp.flags), bytes(tcp.payload)
 

@@ -30,7 +30,7 @@ KNOWN_PROTOS = st.sampled_from([0, 6, 17, 22, 50, 132])
 PORTS = st.integers(0, 65535)
 # HEP-SPEC §9: with no reference time the plausible window is 2000-01-01 … the NTP epoch.
 PLAUSIBLE_TS_US = st.integers(MIN_PLAUSIBLE_S * 10**6, NTP_EPOCH_OFFSET_S * 10**6 + 999_999)
-TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=30)
+TEXT = st.text(st.characters(codec="utf-8"), max_size=30)
 OPTIONS = st.builds(
     DecodeOptions,
     strict=st.booleans(),

@@ -240,7 +240,7 @@ def test_empty_pcapng_is_just_a_section_header() -> None:
 
 
 def test_scapy_reads_our_pcapng() -> None:
-    reader = PcapNgReader(io.BytesIO(write_four()))
+    reader = PcapNgReader(io.BytesIO(write_four()))  # type: ignore[arg-type]
     packets = list(reader)
     assert [bytes(p) for p in packets] == [frame(n) for n in range(1, 5)]
     assert [p.time for p in packets] == [
@@ -292,7 +292,7 @@ def test_pcap_writer() -> None:
         pos += 16 + caplen
     assert pos == len(data)
     assert records == [(TS_US, frame(5, False)), (TS_US + 999_999, frame(6, False))]
-    scapy_packets = list(PcapReader(io.BytesIO(data)))
+    scapy_packets = list(PcapReader(io.BytesIO(data)))  # type: ignore[arg-type]
     assert [bytes(p) for p in scapy_packets] == [frame(5, False), frame(6, False)]
     assert [p.time for p in scapy_packets] == [
         Decimal(TS_US) / 1_000_000,
@@ -339,7 +339,9 @@ def test_pipeline_into_pcapng_read_by_scapy() -> None:
     ]  # fmt: skip
     out = io.BytesIO()
     convert([One(*datas)], PcapngWriter(out, LINKTYPE_ETHERNET), Options())
-    packets = list(PcapNgReader(io.BytesIO(out.getvalue())))
+    packets = list(PcapNgReader(io.BytesIO(out.getvalue())))  # type: ignore[arg-type]
     assert [p.sniffed_on for p in packets] == ["hep-agent-2001", "hep-no-agent-id"]
     assert packets[1][UDP].load.endswith(b"y" * 1000)
-    assert b"compressed payload" in packets[1].comments[0]
+    comments = packets[1].comments
+    assert comments is not None
+    assert b"compressed payload" in comments[0]

@@ -3,6 +3,7 @@ continuity through the loop, strict mode, packet comments and the summary."""
 
 from __future__ import annotations
 
+import io
 import logging
 import zlib
 from collections.abc import Iterator
@@ -10,12 +11,16 @@ from dataclasses import dataclass, field
 
 import pytest
 from hepbuild import SIP, TS_SEC, ip, u8, u16, u32, v2_time, v3, v12
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
+from scapy.utils import PcapNgReader
 
 from hep2pcap import frames, pipeline
 from hep2pcap.errors import Reason, StrictError
-from hep2pcap.frames import LINKTYPE_RAW
+from hep2pcap.frames import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from hep2pcap.hep import ChunkType, DecodeOptions, HepMessage
+from hep2pcap.pcapng import PcapngWriter
 from hep2pcap.pipeline import Options, Problem, Record, Tick, convert, describe
 from hep2pcap.stats import Stats
 
@@ -280,7 +285,7 @@ def test_strict_raises_on_auth_failure() -> None:
 
 
 def test_source_problems_counted_not_hep_is_quiet() -> None:
-    items = [
+    items: list[Record | Problem | Tick] = [
         Problem(Reason.NOT_HEP, 10, "UDP port 53"),
         Record(msg_at(0), None, 20),
         Problem(Reason.STREAM_DESYNC, 30, "garbage"),
@@ -399,8 +404,12 @@ def test_progress_callback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_tcp_seq_continuity_across_messages_both_directions() -> None:
     a, b = ip("10.0.0.1"), ip("10.0.0.2")
-    fwd = {ChunkType.IP_PROTO: u8(22), ChunkType.SRC_IP4: a, ChunkType.DST_IP4: b}
-    rev = {
+    fwd: dict[int, bytes | None] = {
+        ChunkType.IP_PROTO: u8(22),
+        ChunkType.SRC_IP4: a,
+        ChunkType.DST_IP4: b,
+    }
+    rev: dict[int, bytes | None] = {
         ChunkType.IP_PROTO: u8(22),
         ChunkType.SRC_IP4: b,
         ChunkType.DST_IP4: a,
@@ -513,7 +522,7 @@ def test_transport_label(proto: int, label: str) -> None:
 
 
 def test_summary_of_a_mixed_run() -> None:
-    six = {
+    six: dict[int, bytes | None] = {
         ChunkType.SRC_IP4: None,
         ChunkType.DST_IP4: None,
         ChunkType.IP_FAMILY: u8(10),
@@ -536,3 +545,61 @@ def test_summary_of_a_mixed_run() -> None:
     assert "  by transport: UDP=2, TLS(as TCP)=1" in lines
     assert "192.0.2.1:5060 -> 192.0.2.2:5080=2" in text
     assert "[2001:db8::1]:5060 -> [::2]:5080=1" in text
+
+
+# --- properties of the whole loop ------------------------------------------------------------
+
+
+@st.composite
+def any_records(draw: st.DrawFn) -> list[Record]:
+    out = []
+    for pos in range(draw(st.integers(0, 12))):
+        kind = draw(st.integers(0, 3))
+        if kind == 0:
+            data = draw(st.binary(max_size=80))
+        elif kind == 3:
+            data = v12(2, 2, ip("10.0.0.1"), ip("10.0.0.2"), time=v2_time(TS_SEC, 0, 3))
+        else:
+            data = msg_at(
+                draw(st.integers(-5 * S, 5 * S)),
+                payload_type=draw(st.sampled_from([u8(1), u8(5), None])),
+                ip_proto=draw(st.sampled_from([u8(17), u8(6), u8(22), u8(99)])),
+                auth_key=draw(st.sampled_from([None, b"pw", b"nope"])),
+            )
+            if kind == 2:
+                i = draw(st.integers(0, len(data) - 1))
+                data = data[:i] + bytes([draw(st.integers(0, 255))]) + data[i + 1 :]
+        out.append(Record(data, draw(st.sampled_from([None, T0])), pos))
+    return out
+
+
+@settings(max_examples=200)
+@given(
+    any_records(),
+    st.sampled_from([None, b"pw"]),
+    st.integers(0, 3 * S),
+    st.integers(1, 5),
+)
+def test_every_record_is_written_skipped_or_dropped(
+    recs: list[Record], password: bytes | None, window_us: int, max_pending: int
+) -> None:
+    opts = Options(password=password, window_us=window_us, max_pending=max_pending)
+    out = io.BytesIO()
+    stats = convert([ListSource(list(recs))], PcapngWriter(out, LINKTYPE_ETHERNET), opts)
+    assert stats.read == len(recs)
+    assert stats.read == stats.written + stats.skipped_total + stats.dropped_total
+    assert stats.frames == stats.written
+    times = [p.time for p in PcapNgReader(io.BytesIO(out.getvalue()))]  # type: ignore[arg-type]
+    assert len(times) == stats.written
+    late = sum(1 for i, t in enumerate(times) if any(t < u for u in times[:i]))
+    assert stats.late == late
+
+
+@settings(max_examples=100)
+@given(st.lists(st.integers(0, 20), max_size=15))
+def test_big_window_sorts_stably(offsets: list[int]) -> None:
+    datas = [msg_at(t * 1000, b"%d" % i) for i, t in enumerate(offsets)]
+    stats, w = run(*records(*datas), options=Options(linktype=LINKTYPE_RAW, window_us=S))
+    expected = sorted(range(len(offsets)), key=lambda i: (offsets[i], i))
+    assert [int(p[len(SIP) :]) for p in w.payloads()] == expected
+    assert stats.late == 0

@@ -30,7 +30,7 @@ def test_empty_summary() -> None:
     assert Stats().summary() == "read 0, wrote 0, skipped 0, dropped 0"
 
 
-@pytest.mark.parametrize("reason", sorted(SKIP_REASONS, key=lambda r: r.value))
+@pytest.mark.parametrize("reason", [r for r in Reason if r in SKIP_REASONS])
 def test_skip_reasons_are_skips(reason: Reason) -> None:
     s = Stats()
     assert s.reject(reason) is True
