@@ -199,11 +199,14 @@ class FrameBuilder:
             if len(table) >= MAX_TCP_DIRECTIONS:
                 for old in list(itertools.islice(table, MAX_TCP_DIRECTIONS // 10)):
                     del table[old]
-        ack = table.get(rkey)
+        # Reading the other direction is a use of the connection too: move it to the recent
+        # end, or a long one-sided run would evict it and the ACK would jump backwards.
+        ack = table.pop(rkey, None)
         if ack is None:
             # The other side has sent nothing yet: acknowledge its initial sequence number,
             # so Wireshark sees no "ACKed unseen segment".
-            ack = table[rkey] = _initial_seq(rkey)
+            ack = _initial_seq(rkey)
+        table[rkey] = ack
         payload = msg.payload
         step = MAX_TCP_SEGMENT[v]
         addr_sum = ones_sum(src + dst)

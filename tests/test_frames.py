@@ -319,3 +319,30 @@ def test_tcp_seq_model(msgs: list[HepMessage]) -> None:
 
 def ip_id(frame: bytes) -> int:
     return int.from_bytes(frame[4:6], "big")
+
+
+def test_tcp_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(frames, "MAX_TCP_DIRECTIONS", 100)
+    fb = FrameBuilder(LINKTYPE_RAW)
+    for port in range(1, 1000):
+        fb.build(message(proto=6, sport=port))
+    assert len(fb._next_seq) <= 102
+
+
+def test_tcp_table_keeps_an_active_connections_reverse_direction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Bug repro: only the sending direction was refreshed in the LRU table, so while A kept
+    # sending (and other flows came and went) B's direction was evicted and A's ACK fell
+    # back to B's initial sequence number: ACK regression, then B's seq restarted too.
+    monkeypatch.setattr(frames, "MAX_TCP_DIRECTIONS", 100)
+    fb = FrameBuilder(LINKTYPE_RAW)
+    a_to_b = message(proto=6, payload=b"INVITE")
+    b_to_a = message(B4, A4, proto=6, payload=b"SIP/2.0 100 Trying", sport=5080, dport=5060)
+    fb.build(a_to_b)
+    b_seq = tcp_fields(fb.build(b_to_a)[0][0], LINKTYPE_RAW)[0]
+    b_next = b_seq + len(b_to_a.payload)
+    for port in range(1, 200):
+        fb.build(message(A6, B6, proto=6, sport=port))  # other connections come and go
+        assert tcp_fields(fb.build(a_to_b)[0][0], LINKTYPE_RAW)[1] == b_next
+    assert tcp_fields(fb.build(b_to_a)[0][0], LINKTYPE_RAW)[0] == b_next
