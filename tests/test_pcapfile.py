@@ -20,6 +20,8 @@ from pathlib import Path
 
 import dpkt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP, fragment
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, fragment6
 from scapy.layers.l2 import CookedLinux, Dot1AD, Dot1Q, Ether
@@ -689,6 +691,32 @@ def test_overlap_with_identical_bytes_is_fine() -> None:
     assert payloads(read(pcap(frames, linktype=101))) == [msg]
 
 
+def _raw_frag(body: bytes, off: int, more: bool, ident: int = 4) -> bytes:
+    ip = IP(src=A4, dst=B4, id=ident, proto=17, frag=off // 8, flags="MF" if more else 0)
+    return bytes(ip / Raw(body))
+
+
+def test_conflicting_or_malformed_fragments() -> None:
+    packet = bytes(IP(src=A4, dst=B4) / UDP(sport=1, dport=9060) / Raw(hep(3, 200)))
+    body = packet[20:]
+    two_ends = [
+        _raw_frag(body[:64], 0, True),
+        _raw_frag(body[96:150], 96, False),
+        _raw_frag(body[96:], 96, False),  # a second "last" fragment ending elsewhere
+        _raw_frag(body[64:96], 64, True),
+    ]
+    items = read(pcap(two_ends, linktype=101))
+    assert [(p.reason, p.pos) for p in problems(items)] == [
+        (Reason.IP_FRAGMENT_OVERLAP, 3),
+        (Reason.IP_FRAGMENT_INCOMPLETE, 4),  # the datagram was dropped; this one starts anew
+    ]
+    assert payloads(items) == []
+    beyond = [_raw_frag(body[96:150], 96, False), _raw_frag(body[:160], 0, True)]
+    assert reasons(read(pcap(beyond, linktype=101))) == Counter({Reason.IP_FRAGMENT_OVERLAP: 1})
+    odd = [_raw_frag(body[:90], 0, True)]  # not a multiple of 8 before the last fragment
+    assert reasons(read(pcap(odd, linktype=101))) == Counter({Reason.BAD_IP_PACKET: 1})
+
+
 def test_incomplete_fragments_at_eof_and_limits() -> None:
     frames = [_frags4(hep(i, 300), ident=100 + i)[0] for i in range(3)]
     items = read(pcap(frames))
@@ -966,6 +994,30 @@ def test_gzip_input_through_open_input(tmp_path: Path) -> None:
         assert len(records(list(source))) == 8
 
 
+@settings(max_examples=150)
+@given(st.binary(max_size=600), st.sampled_from([0, 1, 101, 108, 113, 276]))
+def test_arbitrary_bytes_never_raise(data: bytes, linktype: int) -> None:
+    for capture in (
+        pcap([data], linktype=linktype),
+        pcap([b"\x45" + data, b"\x60" + data], linktype=101),
+        shb() + idb(linktype) + data,
+    ):
+        items = read(capture)
+        assert all(isinstance(i, Record | Problem) for i in items)
+
+
+@settings(max_examples=100)
+@given(st.lists(st.tuples(st.integers(0, len(STREAM)), st.integers(1, 400)), max_size=30))
+def test_tcp_any_segment_soup_never_raises(segments: list[tuple[int, int]]) -> None:
+    conn = Tcp(isn=2**32 - 50)
+    frames = [conn.seg(off, STREAM[off : off + n]) for off, n in segments if off < len(STREAM)]
+    items = read(pcap(frames))
+    assert all(isinstance(i, Record | Problem) for i in items)
+    # whatever arrives, only whole messages from the stream come out, in stream order
+    it = iter(MSGS)
+    assert all(any(m == want for want in it) for m in payloads(items))  # an ordered subsequence
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_corrupted_files_never_raise(seed: int) -> None:
     rng = random.Random(seed)
@@ -973,8 +1025,8 @@ def test_corrupted_files_never_raise(seed: int) -> None:
         _mixed_capture() if seed % 2 else (shb() + idb(1) + epb(udp4(hep(1)), TS0) * 3)
     )
     for _ in range(rng.randint(1, 20)):
-        base[rng.randrange(24, len(base))] = rng.randrange(256)
-    cut = rng.randrange(24, len(base) + 1)
+        base[rng.randrange(28, len(base))] = rng.randrange(256)  # headers stay valid
+    cut = rng.randrange(28, len(base) + 1)
     items = read(bytes(base[:cut]))
     assert all(isinstance(i, Record | Problem) for i in items)
     assert all(isinstance(i.pos, int) and i.pos >= 1 for i in items)
