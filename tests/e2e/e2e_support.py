@@ -72,24 +72,6 @@ def run_convert(
     return proc
 
 
-@cache
-def pcap_reader_missing() -> bool:
-    """True while hep2pcap/sources/pcapfile.py is still the placeholder."""
-    proc = subprocess.run(
-        [*hep2pcap_cmd(), "convert", str(FIXTURES / "pcap" / "hep-v3-udp-vlan.pcap"), "-w", "-"],
-        capture_output=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
-    return b"not implemented" in proc.stderr
-
-
-def needs_pcap_reader() -> None:
-    """Skip while the pcap input reader has not landed (a colleague is writing it)."""
-    if pcap_reader_missing():
-        pytest.skip("hep2pcap's pcap/pcapng input reader is not implemented yet")
-
-
 # --- tshark ---------------------------------------------------------------------------------
 
 
@@ -354,6 +336,7 @@ GOLDEN_CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "hep-v2-udp.pcap": (("pcap/hep-v2-udp.pcap",), ()),
     "hep-v3-tcp.pcapng": (("pcap/hep-v3-tcp.pcapng",), ()),
     "hep-v3-udp-vlan.pcap": (("pcap/hep-v3-udp-vlan.pcap",), ()),
+    "hep-v3-outer-edge.pcapng": (("pcap/hep-v3-outer-edge.pcapng",), ()),
 }
 
 #: Columns of a golden dump; ip/ipv6 and tcp/udp pairs are merged into one column each.

@@ -28,7 +28,6 @@ from e2e_support import (
     hep3_chunks,
     iter_udp_payloads,
     manifest,
-    needs_pcap_reader,
     public_capture,
     run_convert,
     sngrep_dialogs,
@@ -51,13 +50,12 @@ PCAP_FIXTURES = [
     "pcap/hep-v2-udp.pcap",
     "pcap/hep-v3-tcp.pcapng",
     "pcap/hep-v3-udp-vlan.pcap",
+    "pcap/hep-v3-outer-edge.pcapng",
 ]
 ALL_FIXTURES = RAW_FIXTURES + PCAP_FIXTURES
 
 
 def fixture_path(name: str) -> Path:
-    if name.startswith("pcap/"):
-        needs_pcap_reader()
     return FIXTURES / name
 
 
@@ -372,7 +370,6 @@ def public_messages(path: Path) -> list[dict[str, Any]]:
 
 def test_public_hep_pcap(tmp_path: Path, tshark: str, wireshark_env: dict[str, str]) -> None:
     """hep-wireshark's hep.pcap: 6 SIP, 1 LOG, 1 RTCP-JSON over UDP, LF-only SIP text."""
-    needs_pcap_reader()
     src = public_capture("hep-wireshark_hep.pcap")
     msgs = public_messages(src)
     assert len(msgs) == 8
@@ -415,7 +412,6 @@ def test_public_hep_pcap_sngrep_sees_no_dialog(tmp_path: Path, sngrep: str) -> N
     was generated that way), so it counts 0 dialogs in our output, exactly as it does in the
     original capture with ``-E`` (fixtures-public/README.md). This pins sngrep's behaviour;
     it is not a hep2pcap defect: the payload bytes are written unchanged."""
-    needs_pcap_reader()
     out = tmp_path / "out.pcapng"
     run_convert([public_capture("hep-wireshark_hep.pcap")], out)
     assert sngrep_dialogs(sngrep, out, tmp_path) == 0
@@ -432,7 +428,6 @@ def test_public_hep_pcap_sngrep_sees_no_dialog(tmp_path: Path, sngrep: str) -> N
 def test_public_hep_pcap_password(
     password: str, summary: bytes, tmp_path: Path, tshark: str, wireshark_env: dict[str, str]
 ) -> None:
-    needs_pcap_reader()
     out = tmp_path / "out.pcapng"
     proc = run_convert([public_capture("hep-wireshark_hep.pcap")], out, "--password", password)
     assert summary in proc.stderr, proc.stderr
@@ -450,7 +445,6 @@ def test_public_compressed_pcapng(
     of the rebuilt TCP streams (so Wireshark flags no retransmission; the SIP appears three
     times). sngrep counts the distinct Call-IDs.
     """
-    needs_pcap_reader()
     src = public_capture("hep-wireshark_hep3_compressed.pcapng")
     msgs = public_messages(src)
     assert len(msgs) == 21

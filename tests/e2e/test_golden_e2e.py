@@ -10,7 +10,7 @@ import difflib
 from pathlib import Path
 
 import pytest
-from e2e_support import EXPECTED, GOLDEN_CASES, golden_output, needs_pcap_reader
+from e2e_support import EXPECTED, GOLDEN_CASES, golden_output
 
 pytestmark = pytest.mark.e2e
 
@@ -19,9 +19,6 @@ pytestmark = pytest.mark.e2e
 def test_output_matches_golden(
     name: str, tmp_path: Path, tshark: str, wireshark_env: dict[str, str]
 ) -> None:
-    inputs, _ = GOLDEN_CASES[name]
-    if any(i.startswith("pcap/") for i in inputs):
-        needs_pcap_reader()
     golden = EXPECTED / f"{name}.tsv"
     assert golden.is_file(), f"{golden} missing: run 'make golden'"
     got = golden_output(tshark, wireshark_env, name, tmp_path)

@@ -23,7 +23,6 @@ from e2e_support import (
     expert_problems,
     hep3_chunks,
     manifest,
-    needs_pcap_reader,
     run_convert,
     sngrep_dialogs,
     tshark_frames,
@@ -128,7 +127,6 @@ def test_sngrep_hep3_sender(
     check_output(out_raw, name, tshark, wireshark_env, agent=SNGREP_V3_AGENT, version=3)
     assert sngrep_dialogs(sngrep, out_raw, tmp_path) == manifest(name)["dialogs"]
 
-    needs_pcap_reader()
     pcap = tmp_path / "sngrep-hep.pcap"
     write_hep_udp_pcap(pcap, got, 9060)
     out_pcap = tmp_path / "from-pcap.pcapng"
@@ -142,7 +140,6 @@ def test_sngrep_hep3_sender(
 def test_sngrep_hep2_sender(
     name: str, tmp_path: Path, sngrep: str, tshark: str, wireshark_env: dict[str, str]
 ) -> None:
-    needs_pcap_reader()
     want = manifest(name)["sip_messages"]
     got = sngrep_send(sngrep, FIXTURES / name, ["eep.send.version 2"], tmp_path, want)
     assert len(got) == want
@@ -223,7 +220,6 @@ def test_sngrep_password_checked(
 
 def test_sngrep_hep2_with_password_is_rejected(tmp_path: Path, sngrep: str) -> None:
     """HEPv2 has no auth key: with --password every message is dropped (v12_auth_required)."""
-    needs_pcap_reader()
     name = "sip/call-ipv6.pcap"
     want = manifest(name)["sip_messages"]
     got = sngrep_send(sngrep, FIXTURES / name, ["eep.send.version 2"], tmp_path, want)
