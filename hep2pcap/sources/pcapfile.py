@@ -27,7 +27,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Literal
 
 from ..errors import DecodeError, InputError, Reason
-from ..hep import AF_INET, AF_INET6_VALUES, HEP3_MAGIC
+from ..hep import AF_INET, AF_INET6_VALUES, EEP3_MAGIC, HEP3_MAGIC
 from ..pipeline import Problem, Record
 from ..stream import HepDeframer
 
@@ -131,7 +131,6 @@ SEQ_HALF = 1 << 31
 NULL_IPV6_FAMILIES = frozenset({10, 23, 24, 28, 30})
 #: HEP-SPEC §2.2: the v1/v2 plausibility check on byte 2 (address family).
 HEP12_FAMILIES = frozenset({AF_INET}) | AF_INET6_VALUES
-EEP3_MAGIC = b"EEP3"
 
 # --- bounds -------------------------------------------------------------------------------
 
@@ -315,7 +314,7 @@ class PcapSource:
         if magic == PCAPNG_MAGIC:
             self._pcapng = True
             head += _read_up_to(stream, SHB_MIN_SIZE - len(head))
-            self._check_shb(head, stream)
+            self._check_shb(head)
             self._little = True
             self._iface: _Interface | None = None
             self._nano = False
@@ -342,7 +341,7 @@ class PcapSource:
             head = b""
         self._buffer = _Buffer(head, stream)
 
-    def _check_shb(self, head: bytes, stream: Readable) -> None:
+    def _check_shb(self, head: bytes) -> None:
         if len(head) < 12:
             raise InputError(f"{self.name}: pcapng section header cut short")
         bom = head[8:12]
