@@ -333,6 +333,7 @@ GOLDEN_CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "multi-agent.hep": (("hep/multi-agent.hep",), ()),
     "multi-agent.hep+log": (("hep/multi-agent.hep",), ("--include-type", "100")),
     "sender-quirks.hep": (("hep/sender-quirks.hep",), ()),
+    "hep-v1-udp.pcap": (("pcap/hep-v1-udp.pcap",), ()),
     "hep-v2-udp.pcap": (("pcap/hep-v2-udp.pcap",), ()),
     "hep-v3-tcp.pcapng": (("pcap/hep-v3-tcp.pcapng",), ()),
     "hep-v3-udp-vlan.pcap": (("pcap/hep-v3-udp-vlan.pcap",), ()),

@@ -10,6 +10,7 @@ sngrep must count the dialogs the input holds.
 
 from __future__ import annotations
 
+import gzip
 import ipaddress
 import subprocess
 import zlib
@@ -47,6 +48,7 @@ RAW_FIXTURES = [
     "hep/sender-quirks.hep",
 ]
 PCAP_FIXTURES = [
+    "pcap/hep-v1-udp.pcap",
     "pcap/hep-v2-udp.pcap",
     "pcap/hep-v3-tcp.pcapng",
     "pcap/hep-v3-udp-vlan.pcap",
@@ -486,3 +488,32 @@ def test_public_compressed_pcapng(
         if line.lower().startswith(b"call-id:")
     }
     assert sngrep_dialogs(sngrep, out, tmp_path) == len(call_ids)
+
+
+@pytest.mark.parametrize(
+    ("name", "gz"),
+    [
+        ("hep/sample-call.hep", False),
+        ("hep/sample-call.hep.gz", False),
+        ("pcap/hep-v2-udp.pcap", False),
+        ("pcap/hep-v3-tcp.pcapng", False),
+        ("pcap/hep-v3-tcp.pcapng", True),
+        ("pcap/hep-v3-outer-edge.pcapng", True),
+    ],
+)
+def test_stdin_input_equals_file_input(
+    name: str, gz: bool, tmp_path: Path, tshark: str, wireshark_env: dict[str, str]
+) -> None:
+    """``convert -`` reads any format from stdin (gzip too) and writes the same file."""
+    data = (FIXTURES / name).read_bytes()
+    from_file = tmp_path / "file.pcapng"
+    from_stdin = tmp_path / "stdin.pcapng"
+    src = FIXTURES / name
+    if gz:
+        src = tmp_path / (Path(name).name + ".gz")
+        src.write_bytes(gzip.compress(data, mtime=0))
+    run_convert([src], from_file)
+    run_convert(["-"], from_stdin, stdin=src.read_bytes())
+    assert from_stdin.read_bytes() == from_file.read_bytes()
+    frames = tshark_frames(tshark, wireshark_env, from_stdin)
+    assert_frames_match(frames, expected_sip(name))
