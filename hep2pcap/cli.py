@@ -16,9 +16,8 @@ import click
 
 from . import __version__
 from .errors import Hep2PcapError
-from .frames import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from .hep import DecodeOptions, PayloadType
-from .pcapng import PacketWriter, PcapngWriter, PcapWriter
+from .pcapng import LINKTYPE_ETHERNET, LINKTYPE_RAW, PacketWriter, PcapngWriter, PcapWriter
 from .pipeline import Options, convert
 from .sources import ByteCounter, open_inputs
 from .stats import Stats

@@ -14,9 +14,7 @@ import zlib
 
 from .errors import Reason
 from .hep import HepMessage, IpProto
-
-LINKTYPE_ETHERNET = 1
-LINKTYPE_RAW = 101
+from .pcapng import LINKTYPE_ETHERNET, LINKTYPE_RAW
 
 ETHERTYPE_IPV4 = 0x0800
 ETHERTYPE_IPV6 = 0x86DD

@@ -42,6 +42,10 @@ PCAP_RECORD_HEADER = struct.Struct("<IIII")  # ts sec, ts usec, captured len, or
 #: 262144 is libpcap's own maximum (MAXIMUM_SNAPLEN), so sngrep accepts it.
 SNAPLEN = 262144
 
+#: Link types as written in files (tcpdump.org/linktypes.html); never a platform DLT_* value.
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
 _END_OF_OPTIONS = OPTION_HEADER.pack(OPT_ENDOFOPT, 0)
 
@@ -133,8 +137,19 @@ def interface_description(agent: int | None, node: str | None) -> str:
     return f"{who} (node {node})" if node else who
 
 
+#: Interfaces per file; agents past this share one "other agents" interface, so a flood of
+#: made-up capture ids cannot grow the file's interface table without bound.
+MAX_INTERFACES = 256
+#: The agent key of the shared interfaces (too many agents, or raw IP, see below).
+SHARED = -1
+
+
 class PcapngWriter:
     """pcapng writer: one interface per HEP capture agent id, created when first seen.
+
+    With LINKTYPE_RAW every agent shares one interface: libpcap 1.10 (and so sngrep and
+    tcpdump) maps the first IDB's 101 to DLT_RAW (12), then rejects a second IDB of type
+    101 as "a type different from the first interface". The agent stays in the comment.
 
     Args:
         out: binary file object; blocks are written whole.
@@ -153,6 +168,8 @@ class PcapngWriter:
         self._snaplen = snaplen
         self._comments = comments
         self._interfaces: dict[int | None, int] = {}
+        self._one_interface = linktype == LINKTYPE_RAW
+        self._count = 0  # interfaces written
         self.bytes_written = 0
         self._write(encode_shb(f"hep2pcap {__version__}"))
 
@@ -166,16 +183,29 @@ class PcapngWriter:
         """Write one frame on the interface of capture agent ``agent``."""
         iface = self._interfaces.get(agent)
         if iface is None:
-            iface = self._interfaces[agent] = len(self._interfaces)
-            self._write(
-                encode_idb(
-                    self._linktype,
-                    self._snaplen,
-                    interface_name(agent),
-                    interface_description(agent, node),
-                )
-            )
+            iface = self._add_interface(agent, node)
         self._write(encode_epb(iface, ts_us, frame, comment if self._comments else None))
+
+    def _add_interface(self, agent: int | None, node: str | None) -> int:
+        shared = self._one_interface or len(self._interfaces) >= MAX_INTERFACES
+        key = SHARED if shared else agent
+        iface = self._interfaces.get(key)
+        if iface is None:
+            iface = self._interfaces[key] = self._count
+            self._count += 1
+            if self._one_interface:
+                name, text = "hep", "HEP, all capture agents (see each packet's comment)"
+            elif shared:
+                name, text = (
+                    "hep-other-agents",
+                    f"HEP capture agents past the first {MAX_INTERFACES}",
+                )
+            else:
+                name, text = interface_name(agent), interface_description(agent, node)
+            self._write(encode_idb(self._linktype, self._snaplen, name, text))
+        if not shared:
+            self._interfaces[agent] = iface
+        return iface
 
     def flush(self) -> None:
         """Flush the underlying file object."""

@@ -19,9 +19,9 @@ from heapq import heappop, heappush
 from typing import NamedTuple, Protocol
 
 from .errors import DecodeError, Reason, StrictError
-from .frames import LINKTYPE_ETHERNET, FrameBuilder, proto_label
+from .frames import FrameBuilder, proto_label
 from .hep import DEFAULT_OPTIONS, DecodeOptions, HepMessage, PayloadType, decode
-from .pcapng import PacketWriter
+from .pcapng import LINKTYPE_ETHERNET, PacketWriter
 from .stats import Stats
 
 log = logging.getLogger("hep2pcap")

@@ -18,9 +18,11 @@ from scapy.layers.l2 import Ether
 from scapy.utils import PcapNgReader, PcapReader, rdpcap
 
 from hep2pcap import __version__
-from hep2pcap.frames import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from hep2pcap.hep import ChunkType
 from hep2pcap.pcapng import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_RAW,
+    MAX_INTERFACES,
     SNAPLEN,
     PcapngWriter,
     PcapWriter,
@@ -231,6 +233,37 @@ def test_writer_without_comments() -> None:
     packets = [epb(b) for b in parse_pcapng(write_four(comments=False)) if b.type == 6]
     assert [p.comments for p in packets] == [[], [], [], []]
     assert [p.frame for p in packets] == [frame(n) for n in range(1, 5)]
+
+
+def test_raw_ip_shares_one_interface_for_libpcap() -> None:
+    # libpcap 1.10 rejects a second IDB of type 101 (it compares it with the first IDB's
+    # mapped DLT_RAW=12), so sngrep and tcpdump would stop reading at the second agent.
+    out = io.BytesIO()
+    w = PcapngWriter(out, LINKTYPE_RAW)
+    for agent in (1, 2, None, 1):
+        w.write_packet(agent, None, TS_US, frame(1, ethernet=False), f"agent {agent}")
+    blocks = parse_pcapng(out.getvalue())
+    assert [b.type for b in blocks] == [0x0A0D0D0A, 1, 6, 6, 6, 6]
+    assert idb(blocks[1])[:3] == (LINKTYPE_RAW, SNAPLEN, "hep")
+    packets = [epb(b) for b in blocks if b.type == 6]
+    assert {p.interface for p in packets} == {0}
+    assert [p.comments for p in packets] == [["agent 1"], ["agent 2"], ["agent None"], ["agent 1"]]
+
+
+def test_interfaces_are_bounded_past_max_interfaces() -> None:
+    out = io.BytesIO()
+    w = PcapngWriter(out, LINKTYPE_ETHERNET, comments=False)
+    agents = [*range(MAX_INTERFACES + 50), 0, MAX_INTERFACES + 7]
+    for agent in agents:
+        w.write_packet(agent, None, TS_US, frame(1), None)
+    blocks = parse_pcapng(out.getvalue())
+    names = [idb(b)[2] for b in blocks if b.type == 1]
+    assert len(names) == MAX_INTERFACES + 1
+    assert names[-1] == "hep-other-agents"
+    ifaces = [epb(b).interface for b in blocks if b.type == 6]
+    assert ifaces[:MAX_INTERFACES] == list(range(MAX_INTERFACES))
+    assert set(ifaces[MAX_INTERFACES : MAX_INTERFACES + 50]) == {MAX_INTERFACES}
+    assert ifaces[-2:] == [0, MAX_INTERFACES]
 
 
 def test_empty_pcapng_is_just_a_section_header() -> None:

@@ -18,9 +18,8 @@ from scapy.utils import PcapNgReader
 
 from hep2pcap import frames, pipeline
 from hep2pcap.errors import Reason, StrictError
-from hep2pcap.frames import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from hep2pcap.hep import ChunkType, DecodeOptions, HepMessage
-from hep2pcap.pcapng import PcapngWriter
+from hep2pcap.pcapng import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapngWriter
 from hep2pcap.pipeline import Options, Problem, Record, Tick, convert, describe
 from hep2pcap.stats import Stats
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hep2pcap.frames import LINKTYPE_ETHERNET
-from hep2pcap.pcapng import BLOCK_TYPE_EPB, BLOCK_TYPE_IDB, BLOCK_TYPE_SHB
+from hep2pcap.pcapng import BLOCK_TYPE_EPB, BLOCK_TYPE_IDB, BLOCK_TYPE_SHB, LINKTYPE_ETHERNET
 from hep2pcap.rotate import BlockFile, RotatingWriter, indexed
 
 _HEADER = struct.Struct("<II")
