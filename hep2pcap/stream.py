@@ -22,10 +22,14 @@ class HepDeframer:
         lenient: also frame messages that start with the "EEP3" alias.
     """
 
-    __slots__ = ("_buf", "_failed", "_magics", "_raised", "offset")
+    __slots__ = ("_failed", "_have", "_magics", "_need", "_parts", "_raised", "offset")
 
     def __init__(self, *, lenient: bool = False) -> None:
-        self._buf = b""
+        # The unfinished message is kept as a list of pieces and joined only once it is
+        # complete, so feeding a message in many small pieces stays linear.
+        self._parts: list[bytes] = []
+        self._have = 0  # bytes in _parts
+        self._need = 0  # bytes needed before parsing is worth trying again
         self._failed: DecodeError | None = None
         self._raised = False
         self._magics = (HEP3_MAGIC, EEP3_MAGIC) if lenient else (HEP3_MAGIC,)
@@ -43,7 +47,16 @@ class HepDeframer:
         """
         if self._failed is not None:
             raise self._raise_failed()
-        buf = self._buf + data if self._buf else data
+        if self._parts:
+            self._parts.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return []
+            buf = b"".join(self._parts)
+            self._parts = []
+            self._have = 0
+        else:
+            buf = data
         out: list[bytes] = []
         pos = 0
         size = len(buf)
@@ -60,14 +73,19 @@ class HepDeframer:
         if tail and not any(m.startswith(tail) for m in self._magics):
             # A short tail that can never become HEP3: fail now rather than at EOF.
             return self._fail(out, buf, pos, tail, HEP3_HEADER.size)
-        self._buf = buf[pos:]
+        if pos < size:
+            rest = buf[pos:]
+            self._parts = [rest]
+            self._have = len(rest)
+            self._need = unpack(rest)[1] if len(rest) >= HEP3_HEADER.size else HEP3_HEADER.size
         self.offset += pos
         return out
 
     def _fail(
         self, out: list[bytes], buf: bytes, pos: int, magic: bytes, total: int
     ) -> list[bytes]:
-        self._buf = b""
+        self._parts = []
+        self._have = 0
         self._failed = self._framing_error(buf, pos, magic, total)
         self.offset += pos
         if out:
@@ -99,7 +117,7 @@ class HepDeframer:
     @property
     def pending(self) -> int:
         """Bytes held back waiting for the rest of a message."""
-        return len(self._buf)
+        return self._have
 
     def eof(self) -> None:
         """Declare the end of the stream.
@@ -111,9 +129,10 @@ class HepDeframer:
             if not self._raised:
                 raise self._raise_failed()
             return
-        if self._buf:
-            left = len(self._buf)
-            self._buf = b""
+        if self._have:
+            left = self._have
+            self._parts = []
+            self._have = 0
             raise DecodeError(
                 Reason.STREAM_TRUNCATED_AT_EOF,
                 self.offset,
