@@ -517,3 +517,38 @@ def test_stdin_input_equals_file_input(
     assert from_stdin.read_bytes() == from_file.read_bytes()
     frames = tshark_frames(tshark, wireshark_env, from_stdin)
     assert_frames_match(frames, expected_sip(name))
+
+
+@pytest.mark.parametrize("name", ALL_FIXTURES)
+@pytest.mark.parametrize("cut", ["half", "minus1"])
+def test_truncated_input_gives_a_complete_output(
+    name: str,
+    cut: str,
+    tmp_path: Path,
+    tshark: str,
+    wireshark_env: dict[str, str],
+    sngrep: str,
+) -> None:
+    """An input cut short (a copy still being written) converts what it holds: exit 0, the
+    output is complete (tshark reads it without "cut short"), every frame is one of the
+    input's messages, nothing is written twice, and the summary says what was lost."""
+    data = (FIXTURES / name).read_bytes()
+    if name.endswith(".gz"):
+        data = gzip.decompress(data)
+    size = len(data) // 2 if cut == "half" else len(data) - 1
+    src = tmp_path / Path(name).name.removesuffix(".gz")
+    src.write_bytes(data[:size])
+    out = tmp_path / "out.pcapng"
+    proc = run_convert([src], out)
+    assert b"stream_truncated_at_eof=1" in proc.stderr or b"pcap_truncated_record=1" in proc.stderr
+    frames = tshark_frames(tshark, wireshark_env, out)
+    expected = expected_sip(name)
+    assert len(frames) < len(expected) or cut != "half"
+    keys = [(e["ts_us"], e["src"], e["sport"], e["call_id"]) for e in expected]
+    got = [(f.ts_us, f.src, f.sport, f.call_id) for f in frames]
+    assert all(f.is_sip for f in frames)
+    assert set(got) <= set(keys)
+    assert len(set(got)) == len(got)
+    assert_clean(frames)
+    assert expert_problems(tshark, wireshark_env, out) == []
+    sngrep_dialogs(sngrep, out, tmp_path)  # reads the file to its end
