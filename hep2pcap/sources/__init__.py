@@ -64,7 +64,8 @@ class ByteCounter:
         return data
 
 
-def _read_exact(stream: Readable, size: int) -> bytes:
+def read_up_to(stream: Readable, size: int) -> bytes:
+    """Read ``size`` bytes, fewer only at the end of the stream (pipes return short reads)."""
     out = b""
     while len(out) < size:
         part = stream.read(size - len(out))
@@ -95,11 +96,11 @@ def open_input(path: str, stack: ExitStack, counters: list[ByteCounter] | None =
         counted = ByteCounter(raw, size or None)
         if counters is not None:
             counters.append(counted)
-        head = _read_exact(counted, 4)
+        head = read_up_to(counted, 4)
         stream = Prepended(head, counted)
         if head[:2] == GZIP_MAGIC:
             unzipped = stack.enter_context(gzip.GzipFile(fileobj=stream, mode="rb"))  # type: ignore[call-overload]
-            head = _read_exact(unzipped, 4)
+            head = read_up_to(unzipped, 4)
             stream = Prepended(head, unzipped)
     except (OSError, EOFError) as exc:
         raise InputError(f"{name}: cannot read: {exc}") from exc

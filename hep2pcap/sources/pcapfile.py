@@ -30,6 +30,7 @@ from ..errors import DecodeError, InputError, Reason
 from ..hep import AF_INET, AF_INET6_VALUES, EEP3_MAGIC, HEP3_MAGIC
 from ..pipeline import Problem, Record
 from ..stream import HepDeframer
+from . import read_up_to
 
 if TYPE_CHECKING:
     from . import Readable
@@ -309,11 +310,11 @@ class PcapSource:
             LINKTYPE_LINUX_SLL2: self._sll2,
         }
         self._used = False
-        head = _read_up_to(stream, PCAP_HEADER_SIZE)
+        head = read_up_to(stream, PCAP_HEADER_SIZE)
         magic = head[:4]
         if magic == PCAPNG_MAGIC:
             self._pcapng = True
-            head += _read_up_to(stream, SHB_MIN_SIZE - len(head))
+            head += read_up_to(stream, SHB_MIN_SIZE - len(head))
             self._check_shb(head)
             self._little = True
             self._iface: _Interface | None = None
@@ -1351,13 +1352,3 @@ class PcapSource:
         half.deframer = None
         half.ooo = {}
         half.ooo_bytes = 0
-
-
-def _read_up_to(stream: Readable, size: int) -> bytes:
-    out = b""
-    while len(out) < size:
-        part = stream.read(size - len(out))
-        if not part:
-            break
-        out += part
-    return out
