@@ -320,7 +320,7 @@ def write_hep_udp_pcap(path: Path, datagrams: Sequence[tuple[int, bytes]], port:
             / UDP(sport=40000, dport=port)
             / Raw(data)
         )
-        pkt.time = Decimal(ts_us) / 1_000_000
+        pkt.time = Decimal(ts_us) / 1_000_000  # type: ignore[assignment]
         pkts.append(pkt)
     wrpcap(str(path), pkts)
 
