@@ -218,7 +218,7 @@ DEFAULT_LISTEN = ("udp:127.0.0.1:9060", "tcp:127.0.0.1:9060")
     help="Keep at most N files (ring buffer; the oldest is deleted).",
 )  # fmt: skip
 @click.option(
-    "--rcvbuf", type=click.IntRange(4096), default=32 * 1024 * 1024, show_default=True,
+    "--rcvbuf", type=click.IntRange(4096, 1 << 30), default=32 * 1024 * 1024, show_default=True,
     metavar="BYTES", help="UDP socket receive buffer to ask the kernel for.",
 )  # fmt: skip
 @click.option("--tls-cert", type=click.Path(dir_okay=False), help="Certificate (PEM) for tls:.")
@@ -392,8 +392,6 @@ def listen_cmd(
                 writer = rotator
             if upstream is not None:
                 source.forward = Forwarder(upstream)
-            for ep in source.addresses:
-                click.echo(f"listening on {ep}", err=True)
             next_status = [0.0]
 
             def on_tick(now: float) -> None:
@@ -401,12 +399,15 @@ def listen_cmd(
                     return
                 next_status[0] = now + stats_s
                 drops = source.kernel_drops()
+                rejected = stats.dropped + stats.input_problems
+                reasons = ", ".join(f"{r.value}={n}" for r, n in rejected.most_common(4))
                 click.echo(
                     f"hep2pcap: received {source.received}, wrote {stats.written}, "
-                    f"dropped {stats.dropped_total}, kernel drops "
-                    f"{'?' if drops is None else drops}, backlog {source.backlog_bytes // 1024}"
-                    f" KiB, connections {source.open_connections}, file "
-                    f"{rotator.current_path if rotator is not None else 'stdout'}",
+                    f"dropped {sum(rejected.values())}{f' ({reasons})' if reasons else ''}, "
+                    f"kernel drops {'?' if drops is None else drops}, "
+                    f"backlog {source.backlog_bytes // 1024} KiB, "
+                    f"connections {source.open_connections}, "
+                    f"file {rotator.current_path if rotator is not None else 'stdout'}",
                     err=True,
                 )
 
@@ -428,6 +429,8 @@ def listen_cmd(
             ):
                 old = signal.signal(sig, handler)
                 stack.callback(signal.signal, sig, old)
+            for ep in source.addresses:  # after the handlers: a script may signal right away
+                click.echo(f"listening on {ep}", err=True)
             convert([source], writer, options, stats)
             source.close()
             writer.close()

@@ -6,6 +6,7 @@ Every wait polls with a deadline; every subprocess has a timeout.
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import shutil
 import signal
@@ -693,11 +694,22 @@ def test_cli_sigkill_leaves_a_file_valid_up_to_the_last_flush(tmp_path: Path) ->
     sender.start()
     try:
         wait_until(lambda: len(packets_in(out)) >= 300, what="300 packets on disk")
+        children = _children(proc.p.pid)
+        assert children  # the receiver process
         proc.finish(signal.SIGKILL)
     finally:
         stop.set()
         sender.join(TIMEOUT_S)
     assert len(read_file(out)) >= 300  # whole blocks only, nothing cut in half
+    # The receiver process notices and ends too: nothing is left holding the port.
+    wait_until(lambda: not any(Path(f"/proc/{c}").exists() for c in children), what="child end")
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    if not path.exists():
+        pytest.skip("no /proc children list")
+    return [int(c) for c in path.read_text().split()]
 
 
 def test_cli_write_stdout_piped_into_a_reader(tmp_path: Path) -> None:
@@ -777,12 +789,42 @@ def test_cli_rotation_by_size_and_count(tmp_path: Path) -> None:
     assert all(read_file(f) for f in files)
 
 
+def test_cli_warns_when_the_os_caps_the_receive_buffer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from hep2pcap.cli import cli
+    from hep2pcap.sources import udp
+
+    monkeypatch.setattr(udp, "SO_RCVBUFFORCE", socket.SO_RCVBUF)  # as if not privileged
+    huge = 1 << 30
+    args = ["listen", "-l", "udp:127.0.0.1:0", "-w", str(tmp_path / "x.pcapng")]
+    args += ["--rcvbuf", str(huge), "--duration", "0.2"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0
+    assert f"sysctl -w net.core.rmem_max={huge}" in result.stderr
+    assert "read 0, wrote 0" in result.stderr
+
+
+def test_cli_second_sigint_does_not_wait_for_the_backlog(tmp_path: Path) -> None:
+    proc = Proc("-l", "udp:127.0.0.1:0", "-w", str(tmp_path / "x.pcapng"))
+    proc.p.send_signal(signal.SIGINT)
+    proc.p.send_signal(signal.SIGINT)
+    rc, err = proc.finish(None)
+    assert rc == 0
+    assert "read 0, wrote 0" in err
+
+
 def test_cli_stats_interval_line(tmp_path: Path) -> None:
     proc = Proc(
         "-l", "udp:127.0.0.1:0", "-w", str(tmp_path / "s.pcapng"), "--stats-interval", "0.2"
     )
-    udp_send(proc.ep(), hep(1))
-    wait_until(lambda: any("received 1, wrote 1" in x for x in proc.lines), what="a status line")
+    udp_send(proc.ep(), hep(1), b"junk")
+    wait_until(
+        lambda: any("received 2, wrote 1, dropped 1 (unknown_version=1)" in x for x in proc.lines),
+        what="a status line",
+    )
     rc, err = proc.finish(signal.SIGTERM)
     assert rc == 0
     assert "kernel drops 0" in err
@@ -871,3 +913,80 @@ def test_sngrep_as_hep_client(tmp_path: Path, version: int, password: str | None
         capture_output=True, timeout=60,
     )  # fmt: skip
     assert dialogs.stdout.decode().replace("\r", "\n").split()[-1] == "2"
+
+
+# --- done when: live equals convert -------------------------------------------------------
+
+REPLAY_INPUTS = [
+    ROOT / "fixtures" / "hep" / "sample-call.hep",
+    ROOT / "fixtures" / "hep" / "multi-agent.hep",
+    ROOT / "fixtures" / "hep" / "sender-quirks.hep",
+    ROOT / "fixtures" / "pcap" / "hep-v1-udp.pcap",
+    ROOT / "fixtures" / "pcap" / "hep-v2-udp.pcap",
+    ROOT / "fixtures" / "pcap" / "hep-v3-udp-vlan.pcap",
+    ROOT / "fixtures" / "pcap" / "hep-v3-tcp.pcapng",
+    ROOT.parent / "shared" / "fixtures-public" / "hep-wireshark_hep.pcap",
+]
+TSHARK_FIELDS = [
+    "frame.len", "frame.comment", "ip.src", "ipv6.src", "ip.dst", "ipv6.dst", "udp.srcport",
+    "udp.dstport", "tcp.srcport", "tcp.dstport", "tcp.len", "sip.Method", "sip.Status-Code",
+    "sip.Call-ID", "sip.CSeq", "udp.checksum.status", "tcp.checksum.status", "ip.checksum.status",
+]  # fmt: skip
+
+
+def _records_of(path: Path) -> list[bytes]:
+    from contextlib import ExitStack
+
+    from hep2pcap.pipeline import Record
+    from hep2pcap.sources import open_input
+
+    with ExitStack() as stack:
+        return [r.data for r in open_input(str(path), stack) if type(r) is Record]
+
+
+def _tshark_rows(tshark: str, data: bytes) -> list[str]:
+    cmd = [tshark, "-r", "-", "-o", "udp.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE"]
+    cmd += ["-o", "ip.check_checksum:TRUE", "-T", "fields"]
+    for f in TSHARK_FIELDS:
+        cmd += ["-e", f]
+    r = subprocess.run(cmd, input=data, capture_output=True, timeout=60, check=True)
+    return sorted(r.stdout.decode().splitlines())
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+@pytest.mark.parametrize("path", REPLAY_INPUTS, ids=lambda p: p.name)
+def test_replayed_capture_equals_convert(path: Path, transport: str) -> None:
+    tshark = shutil.which("tshark")
+    if tshark is None:
+        pytest.skip("tshark not installed")
+    if not path.exists():
+        pytest.skip(f"{path} missing")
+    records = _records_of(path)
+    assert records
+    if transport == "tcp" and any(not r.startswith(b"HEP3") for r in records):
+        pytest.skip("HEPv1/v2 cannot be framed on TCP")
+    summary, expected_rows = _converted(tshark, path)
+    lv = Live(f"{transport}:127.0.0.1:0")
+    if transport == "udp":
+        udp_send(lv.ep(), *records)
+    else:
+        with tcp_connect(lv.ep("tcp")) as s:
+            s.sendall(b"".join(records))
+    try:
+        wait_until(lambda: lv.stats.read == len(records), what=f"{len(records)} read")
+    finally:
+        stats = lv.stop()
+    assert f"read {stats.read}, wrote {stats.written}" in summary
+    assert stats.input_problems == {}
+    assert _tshark_rows(tshark, lv.buf.snapshot()) == expected_rows
+
+
+@functools.cache
+def _converted(tshark: str, path: Path) -> tuple[str, list[str]]:
+    """``hep2pcap convert`` of ``path``: its summary line and its tshark rows."""
+    r = subprocess.run(
+        [sys.executable, "-m", "hep2pcap", "convert", str(path), "-w", "-"],
+        capture_output=True, timeout=60, check=True, cwd=ROOT,
+    )  # fmt: skip
+    return r.stderr.decode().splitlines()[0], _tshark_rows(tshark, r.stdout)

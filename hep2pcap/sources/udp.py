@@ -20,6 +20,8 @@ MAX_DATAGRAM = 65535
 #: Linux: SO_RCVBUFFORCE ignores net.core.rmem_max when the process has CAP_NET_ADMIN.
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
+#: Largest receive buffer asked for (the kernel doubles the value in a C int).
+MAX_RCVBUF = 1 << 30
 SCHEMES = ("udp", "tcp", "tls")
 
 
@@ -105,7 +107,7 @@ def set_rcvbuf(sock: socket.socket, size: int) -> int:
     """
     for opt in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
         try:
-            sock.setsockopt(socket.SOL_SOCKET, opt, size)
+            sock.setsockopt(socket.SOL_SOCKET, opt, min(size, MAX_RCVBUF))
             break
         except OSError:
             continue
