@@ -439,6 +439,10 @@ def listen_cmd(
         except BrokenPipeError:
             sys.stderr.close()  # the reader went away (| tshark stopped): end quietly
             return
+        except OSError as exc:  # the output: disk full, file system gone
+            if not quiet:
+                click.echo(stats.summary(), err=True)
+            raise click.ClickException(f"{output}: cannot write: {exc.strerror or exc}") from exc
     if not quiet:
         click.echo(stats.summary(), err=True)
 

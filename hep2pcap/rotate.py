@@ -197,12 +197,14 @@ class RotatingWriter:
             raw = cast(BinaryIO, open(path, "wb", buffering=0))  # noqa: SIM115
         except OSError as exc:
             raise Hep2PcapError(f"{path}: cannot write: {exc.strerror or exc}") from exc
-        self._file = raw
-        self._out = BlockFile(raw)
-        self._writer = PcapngWriter(
-            cast(BinaryIO, self._out), self.linktype, comments=self.comments
-        )
-        self._out.flush()  # the SHB: even an empty file is a valid pcapng
+        out = BlockFile(raw)
+        try:
+            writer = PcapngWriter(cast(BinaryIO, out), self.linktype, comments=self.comments)
+            out.flush()  # the SHB: even an empty file is a valid pcapng
+        except OSError:
+            raw.close()
+            raise
+        self._file, self._out, self._writer = raw, out, writer
         self.current_path = path
         self.files_opened += 1
         if self.interval_s is not None:

@@ -521,6 +521,29 @@ def test_forward_relays_accepted_messages_unchanged(live: Callable[..., Live]) -
     assert stats.forward_drops == 0
 
 
+def test_forward_over_tcp_sends_only_hep3(live: Callable[..., Live]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(TIMEOUT_S)
+        fwd = Forwarder(Endpoint("tcp", "127.0.0.1", server.getsockname()[1]))
+        lv = live("udp:127.0.0.1:0", forward=fwd)
+        v3 = [hep(1), hep(3)]
+        udp_send(lv.ep(), v3[0], hep(2, version=2), v3[1])
+        lv.wait_written(3)
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(TIMEOUT_S)
+            want = b"".join(v3)
+            got = b""
+            while len(got) < len(want):
+                part = conn.recv(65536)
+                assert part
+                got += part
+        stats = lv.stop()
+    assert got == want  # the v2 message cannot be framed on a stream
+    assert stats.forwarded == 2
+    assert stats.forward_drops == 1
+
+
 @pytest.mark.parametrize("scheme", ["udp", "tcp"])
 def test_dead_forward_target_never_blocks_capture(live: Callable[..., Live], scheme: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -805,6 +828,19 @@ def test_cli_warns_when_the_os_caps_the_receive_buffer(
     assert result.exit_code == 0
     assert f"sysctl -w net.core.rmem_max={huge}" in result.stderr
     assert "read 0, wrote 0" in result.stderr
+
+
+def test_cli_disk_full_is_a_clear_error() -> None:
+    from click.testing import CliRunner
+
+    from hep2pcap.cli import cli
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    args = ["listen", "-l", "udp:127.0.0.1:0", "-w", "/dev/full", "--duration", "0.1"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 1
+    assert "/dev/full: cannot write: No space left on device" in result.stderr
 
 
 def test_cli_second_sigint_does_not_wait_for_the_backlog(tmp_path: Path) -> None:

@@ -140,6 +140,7 @@ class Forwarder:
         self.queue_drops = 0  # written by the caller's thread only
         self.send_drops = 0  # written by the forwarder thread only
         self._max = max_queue
+        self._stream = endpoint.scheme != "udp"
         self._timeout_s = timeout_s
         self._queue: deque[bytes] = deque()
         self._wake = threading.Event()
@@ -153,8 +154,12 @@ class Forwarder:
         return self.queue_drops + self.send_drops
 
     def put(self, data: bytes) -> None:
-        """Queue one message for the upstream; drop it (counted) when the queue is full."""
-        if len(self._queue) >= self._max:
+        """Queue one message for the upstream; drop it (counted) when the queue is full.
+
+        Over TCP only HEPv3 can be sent (v1/v2 have no length to frame by): others are
+        dropped and counted too.
+        """
+        if len(self._queue) >= self._max or (self._stream and not data.startswith(b"HEP3")):
             self.queue_drops += 1
             return
         self._queue.append(data)
