@@ -229,3 +229,18 @@ def test_sngrep_hep2_with_password_is_rejected(tmp_path: Path, sngrep: str) -> N
     assert f"wrote 0, skipped 0, dropped {want} (v12_auth_required={want})".encode() in (
         proc.stderr
     )
+
+
+@pytest.mark.parametrize("name", SIP_PCAPS)
+def test_source_pcaps_are_valid_sip(
+    name: str, tmp_path: Path, sngrep: str, tshark: str, wireshark_env: dict[str, str]
+) -> None:
+    """The plaintext sources themselves: sngrep counts the manifest's dialogs (so "the
+    output's count equals the manifest's" above means "equals the source pcap's"), and
+    tshark decodes every packet as SIP with no warning."""
+    src = FIXTURES / name
+    assert sngrep_dialogs(sngrep, src, tmp_path) == manifest(name)["dialogs"]
+    frames = tshark_frames(tshark, wireshark_env, src)
+    assert [f.call_id for f in frames] == [m["call_id"] for m in expected_sip(name)]
+    assert all(f.is_sip for f in frames)
+    assert expert_problems(tshark, wireshark_env, src) == []
