@@ -542,3 +542,38 @@ def test_truncated_input_gives_a_complete_output(
     assert_clean(frames)
     assert expert_problems(tshark, wireshark_env, out) == []
     sngrep_dialogs(sngrep, out, tmp_path)  # reads the file to its end
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "an output without packets is an SHB alone; libpcap (sngrep, tcpdump) refuses it: "
+        "'the capture file has no Interface Description Blocks' (sngrep exits 1)"
+    ),
+)
+@pytest.mark.parametrize(
+    ("source", "args"),
+    [
+        ("empty", ()),
+        ("hep/sample-call.hep", ("--password", "secret")),  # no auth key: all auth_missing
+    ],
+    ids=["empty-input", "all-dropped"],
+)
+def test_output_without_packets_opens_everywhere(
+    source: str,
+    args: tuple[str, ...],
+    tmp_path: Path,
+    tshark: str,
+    wireshark_env: dict[str, str],
+    sngrep: str,
+) -> None:
+    src = tmp_path / "empty.hep"
+    if source == "empty":
+        src.write_bytes(b"")
+    else:
+        src = FIXTURES / source
+    out = tmp_path / "out.pcapng"
+    proc = run_convert([src], out, *args)
+    assert b"wrote 0" in proc.stderr
+    assert tshark_fields(tshark, wireshark_env, out, ["frame.number"]) == []
+    assert sngrep_dialogs(sngrep, out, tmp_path) == 0
