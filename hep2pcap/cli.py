@@ -200,7 +200,9 @@ DEFAULT_LISTEN = ("udp:127.0.0.1:9060", "tcp:127.0.0.1:9060")
     "-w", "--write", "output", required=True, metavar="FILE",
     help="Output pcapng, '-' for stdout. With -G, strftime patterns are expanded.",
 )  # fmt: skip
-@click.option("-c", "--count", type=click.IntRange(1), help="Stop after N written messages.")
+@click.option(
+    "-c", "--count", type=click.IntRange(1), metavar="N", help="Stop after N written messages."
+)
 @click.option(
     "--duration", "duration_s", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
     help="Stop after this many seconds.",
@@ -220,6 +222,11 @@ DEFAULT_LISTEN = ("udp:127.0.0.1:9060", "tcp:127.0.0.1:9060")
 @click.option(
     "--rcvbuf", type=click.IntRange(4096, 1 << 30), default=32 * 1024 * 1024, show_default=True,
     metavar="BYTES", help="UDP socket receive buffer to ask the kernel for.",
+)  # fmt: skip
+@click.option(
+    "--backlog", "backlog_mb", type=click.IntRange(1, 1 << 20), default=256, show_default=True,
+    metavar="MB", help="Received data held while conversion catches up; beyond it UDP is "
+    "dropped (counted as 'not converted') and TCP is not read.",
 )  # fmt: skip
 @click.option("--tls-cert", type=click.Path(dir_okay=False), help="Certificate (PEM) for tls:.")
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="Private key (PEM) for tls:.")
@@ -244,7 +251,7 @@ DEFAULT_LISTEN = ("udp:127.0.0.1:9060", "tcp:127.0.0.1:9060")
     show_default=True, metavar="SECONDS", help="Close TCP/TLS connections silent this long.",
 )  # fmt: skip
 @click.option(
-    "--max-connections", type=click.IntRange(1), default=1024, show_default=True,
+    "--max-connections", type=click.IntRange(1), default=1024, show_default=True, metavar="N",
     help="TCP/TLS connections at once; more are refused and counted.",
 )  # fmt: skip
 @click.option(
@@ -253,7 +260,7 @@ DEFAULT_LISTEN = ("udp:127.0.0.1:9060", "tcp:127.0.0.1:9060")
 )  # fmt: skip
 @click.option(
     "--window", "window_s", type=click.FloatRange(0, 3600), default=0.5, show_default=True,
-    help="Reorder window in seconds (frames are written this late).",
+    metavar="SECONDS", help="Reorder window (frames are written this late).",
 )  # fmt: skip
 @click.option(
     "--linktype", type=click.Choice(sorted(LINKTYPES)), default="ethernet", show_default=True,
@@ -278,6 +285,7 @@ def listen_cmd(
     rotate_s: float | None,
     max_files: int | None,
     rcvbuf: int,
+    backlog_mb: int,
     tls_cert: str | None,
     tls_key: str | None,
     tls_client_ca: str | None,
@@ -359,6 +367,7 @@ def listen_cmd(
                 allow=networks,
                 tcp_idle_timeout_s=idle_s,
                 max_connections=max_connections,
+                max_backlog_bytes=backlog_mb * 1024 * 1024,
             )
             source = LiveSource(live, stats, count=count, duration_s=duration_s)
             source.open()

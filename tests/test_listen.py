@@ -914,6 +914,7 @@ def test_cli_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
 SIP_PCAP = ROOT / "fixtures" / "sip" / "call-register.pcap"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("version", "password"), [(3, None), (2, None), (3, "s3cret")])
 def test_sngrep_as_hep_client(tmp_path: Path, version: int, password: str | None) -> None:
     sngrep = shutil.which("sngrep")

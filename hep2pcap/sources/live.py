@@ -528,7 +528,8 @@ BATCH_BYTES = 256 * 1024
 #: Linux fcntl to enlarge a pipe (F_SETPIPE_SZ); 1 MiB is the default unprivileged maximum.
 F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1024 * 1024
-PIPE_READ = 4 * 1024 * 1024
+#: Bytes read from the pipe at once: also how much conversion runs between two ticks.
+PIPE_READ = 1024 * 1024
 
 
 class _Shared(Protocol):
