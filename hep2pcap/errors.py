@@ -78,6 +78,7 @@ class Reason(enum.Enum):
     IP_FRAGMENT_OVERLAP = "ip_fragment_overlap"
     IP_FRAGMENT_INCOMPLETE = "ip_fragment_incomplete"
     TCP_STREAM_GAP = "tcp_stream_gap"
+    TCP_MIDSTREAM_START = "tcp_midstream_start"
     # live capture (hep2pcap listen)
     NOT_ALLOWED = "not_allowed"  # a datagram or connection from outside --allow
 
@@ -90,6 +91,7 @@ SKIP_REASONS = frozenset(
         Reason.UNSUPPORTED_PAYLOAD_TYPE,
         Reason.MISSING_PAYLOAD_TYPE,
         Reason.NOT_HEP,
+        Reason.TCP_MIDSTREAM_START,
     }
 )
 

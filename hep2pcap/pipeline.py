@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from heapq import heappop, heappush
 from typing import NamedTuple, Protocol
 
-from .errors import DecodeError, Reason, StrictError
+from .errors import SKIP_REASONS, DecodeError, Reason, StrictError
 from .frames import FrameBuilder, proto_label
 from .hep import DEFAULT_OPTIONS, DecodeOptions, HepMessage, PayloadType, decode
 from .pcapng import LINKTYPE_ETHERNET, PacketWriter
@@ -176,7 +176,7 @@ class _Reporter:
             raise StrictError(f"{where}: {reason.value}: {detail} (--strict)")
 
     def input_problem(self, problem: Problem, where: str) -> None:
-        skipped = problem.reason is Reason.NOT_HEP
+        skipped = problem.reason in SKIP_REASONS
         self.stats.input_problems[problem.reason] += 1
         self._log(problem.reason, where, problem.detail, skipped)
         if self.strict and not skipped:

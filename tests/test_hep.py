@@ -961,6 +961,7 @@ NOT_CORE: dict[Reason, str] = {
     Reason.IP_FRAGMENT_OVERLAP: "sources/pcapfile.py",
     Reason.IP_FRAGMENT_INCOMPLETE: "sources/pcapfile.py",
     Reason.TCP_STREAM_GAP: "sources/pcapfile.py",
+    Reason.TCP_MIDSTREAM_START: "sources/pcapfile.py",
     Reason.NOT_ALLOWED: "sources (hep2pcap listen --allow)",
 }
 

@@ -31,7 +31,7 @@ from hep2pcap.errors import InputError, Reason
 from hep2pcap.hep import HepMessage, decode, encode
 from hep2pcap.pipeline import Problem, Record
 from hep2pcap.sources import open_input
-from hep2pcap.sources.pcapfile import PcapSource
+from hep2pcap.sources.pcapfile import MIDSTREAM_SCAN_LIMIT, PcapSource
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures-public"
 HEP_PCAP = FIXTURES / "hep-wireshark_hep.pcap"
@@ -904,6 +904,49 @@ def test_tcp_non_hep_flow_is_reported_once() -> None:
     frames.append(conn.seg(len(sip), flags="FA"))
     items = read(pcap(frames))
     assert [(p.reason, p.pos) for p in problems(items)] == [(Reason.NOT_HEP, 3)]
+
+
+@pytest.mark.parametrize("dport", [9060, 7777])
+@pytest.mark.parametrize("seg", [1, 7, 40, 1000])
+def test_tcp_capture_started_mid_message_resyncs_at_the_next_header(dport: int, seg: int) -> None:
+    # tcpdump started during the incident: no SYN, the first bytes are the tail of a message.
+    conn = Tcp(dport=dport)
+    cut = len(MSGS[0]) - 17
+    rest = STREAM[cut:]
+    frames = [conn.seg(cut + o, d) for o, d in _split(rest, range(seg, len(rest), seg))]
+    items = read(pcap(frames))
+    assert payloads(items) == MSGS[1:]
+    assert [(p.reason, p.detail.split("; ")[-1]) for p in problems(items)] == [
+        (Reason.TCP_MIDSTREAM_START, "17 bytes before the first HEP3 header skipped")
+    ]
+
+
+def test_tcp_mid_message_start_needs_a_confirmed_header() -> None:
+    # "HEP3" inside a payload, with a length that does not lead to another header, is not
+    # taken as a message start on a port that is not a HEP port; neither is random data.
+    conn = Tcp(dport=7777)
+    fake = b"xx HEP3" + (40).to_bytes(2, "big") + b"\x00\x00\x00\x0f\x00\x08" + b"y" * 60
+    items = read(pcap([conn.seg(100, fake), conn.seg(100 + len(fake), b"z" * 50)]))
+    assert payloads(items) == []
+    assert reasons(items) == Counter()  # still looking: nothing decided, nothing reported
+    big = b"q" * (MIDSTREAM_SCAN_LIMIT + 10)
+    items = read(
+        pcap(
+            [
+                conn.seg(5, big[:60000]),
+                *[conn.seg(5 + o, big[o : o + 60000]) for o in range(60000, len(big), 60000)],
+            ]
+        )
+    )
+    assert reasons(items) == Counter({Reason.NOT_HEP: 1})
+
+
+def test_tcp_stream_with_syn_must_start_with_hep3() -> None:
+    conn = Tcp(dport=9060)
+    data = b"junk" + MSGS[0]
+    items = read(pcap([conn.syn(), conn.seg(0, data)]))
+    assert payloads(items) == []
+    assert reasons(items) == Counter({Reason.BAD_MAGIC: 1})
 
 
 def test_tcp_on_hep_port_with_bad_framing_stops_that_direction() -> None:

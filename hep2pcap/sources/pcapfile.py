@@ -236,6 +236,7 @@ class _Half:
         "next_seq",
         "ooo",
         "ooo_bytes",
+        "scanned",
         "skip",
         "state",
     )
@@ -252,9 +253,46 @@ class _Half:
         self.last_pos = pos
         self.head = b""  # first bytes (up to 6) of the message the deframer is waiting on
         self.skip = 0  # bytes still to drop before the next message boundary (resync)
+        self.scanned = 0  # capture started mid-connection: bytes searched for a HEP3 start
 
 
 _FlowKey = tuple[bytes, int, bytes, int]
+
+#: A flow first seen mid-connection is searched this far for a HEP3 start, then ignored.
+MIDSTREAM_SCAN_LIMIT = 256 * 1024
+HEP3_HEADER_SIZE = 6
+
+
+def _find_hep3_start(buf: bytes, trusted: bool) -> tuple[int, int]:
+    """Find the first plausible HEP3 message start in ``buf``.
+
+    Plausible: the magic, a total length with room for a chunk, a first chunk header whose
+    length fits, and HEP3 again where the next message starts. Without that confirmation
+    (the next start lies beyond ``buf``) a candidate is taken on a HEP port (``trusted``) or
+    when it ends exactly where ``buf`` ends; otherwise the caller waits for more bytes.
+
+    Returns:
+        ``(start, -1)`` when found, else ``(-1, keep)``: ``buf[keep:]`` must be kept and
+        searched again with the bytes that follow.
+    """
+    size = len(buf)
+    i = buf.find(HEP3_MAGIC)
+    while i >= 0:
+        if size - i < HEP3_HEADER_SIZE + 6:
+            return -1, i  # not enough bytes to judge this candidate yet
+        total = int.from_bytes(buf[i + 4 : i + 6], "big")
+        first_chunk = int.from_bytes(buf[i + 10 : i + 12], "big")
+        if total >= HEP3_HEADER_SIZE + 6 and 6 <= first_chunk <= total - HEP3_HEADER_SIZE:
+            nxt = i + total
+            if nxt + 4 <= size:
+                if buf[nxt : nxt + 4] == HEP3_MAGIC:
+                    return i, -1
+            elif trusted or nxt == size:
+                return i, -1
+            else:
+                return -1, i  # wait for the next message's start
+        i = buf.find(HEP3_MAGIC, i + 1)
+    return -1, max(size - 3, 0)
 
 
 class PcapSource:
@@ -1217,7 +1255,17 @@ class PcapSource:
         assert half.next_seq is not None
         half.next_seq = (half.next_seq + len(data)) % SEQ_MOD
         if half.state == _NEW:
-            if not self._looks_hep(key, data):
+            if half.isn is None and (
+                half.scanned  # already searching: "H" alone does not end the search
+                or not (
+                    data.startswith(HEP3_MAGIC) if len(data) >= 4 else HEP3_MAGIC.startswith(data)
+                )
+            ):
+                found = self._midstream_start(key, half, data, pos)
+                if found is None:
+                    return
+                data = found
+            elif not self._looks_hep(key, data):
                 self._not_hep(key, half, pos, data)
                 return
             half.state = _HEP
@@ -1251,6 +1299,31 @@ class PcapSource:
             half.head = data[start : start + 6]
         elif len(half.head) < 6:
             half.head = (half.head + data)[:6]
+
+    def _midstream_start(self, key: _FlowKey, half: _Half, data: bytes, pos: int) -> bytes | None:
+        """No SYN seen and the first bytes are not HEP3: the capture started inside a
+        message (tcpdump started during the call). Skip to the first header that checks
+        out; return the data from there, or None while still looking (or given up)."""
+        buf = half.head + data  # while searching, head keeps the bytes still undecided
+        trusted = key[1] in self._hep_ports or key[3] in self._hep_ports
+        start, keep = _find_hep3_start(buf, trusted)
+        if start < 0:
+            half.scanned += len(data)
+            if half.scanned > MIDSTREAM_SCAN_LIMIT:
+                half.head = b""
+                self._not_hep(key, half, pos, buf)
+            else:
+                half.head = buf[keep:]
+            return None
+        skipped = half.scanned - (len(buf) - len(data)) + start
+        half.head = b""
+        self._problem(
+            Reason.TCP_MIDSTREAM_START,
+            pos,
+            f"{_flow_text(key)}: capture started inside a message;"
+            f" {skipped} bytes before the first HEP3 header skipped",
+        )
+        return buf[start:]
 
     def _fail(self, half: _Half) -> None:
         half.state = _FAILED

@@ -66,17 +66,9 @@ def mid_connection_capture(tmp_path: Path) -> tuple[Path, int]:
     return out, segments[1][0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "capture started mid-connection: the first segment starts inside a HEP message, "
-        "pcapfile reports bad_magic and drops the whole direction, even with --lenient "
-        "(HEP-SPEC §11 BAD_MAGIC: resynchronise by scanning for the next magic in lenient "
-        "mode); the 10 complete messages after the first boundary are lost"
-    ),
-)
-def test_capture_started_mid_connection_lenient(
-    tmp_path: Path, tshark: str, wireshark_env: dict[str, str]
+@pytest.mark.parametrize("extra", [(), ("--lenient",)])
+def test_capture_started_mid_connection(
+    extra: tuple[str, ...], tmp_path: Path, tshark: str, wireshark_env: dict[str, str]
 ) -> None:
     src, cut = mid_connection_capture(tmp_path)
     stream = b"".join(data for _, data in client_segments())
@@ -90,7 +82,8 @@ def test_capture_started_mid_connection_lenient(
     want = expected[first_whole:]
 
     out = tmp_path / "out.pcapng"
-    run_convert([src], out, "--lenient")
+    result = run_convert([src], out, *extra)
+    assert b"tcp_midstream_start=1" in result.stderr
     frames = tshark_frames(tshark, wireshark_env, out)
     assert [(f.ts_us, f.src, f.call_id) for f in frames] == [
         (m["ts_us"], m["src"], m["call_id"]) for m in want
