@@ -261,6 +261,38 @@ def test_bad_datagrams_are_counted_never_fatal(live: Callable[..., Live]) -> Non
     assert stats.dropped_total == 4
 
 
+def test_full_backlog_drops_udp_and_leaves_tcp_in_the_kernel() -> None:
+    from hep2pcap.sources.live import _Receiver
+    from hep2pcap.sources.tcp import TcpListener
+
+    opts = LiveOptions(endpoints=(), max_backlog_bytes=1000)
+    udp = UdpListener(parse_endpoint("udp:127.0.0.1:0"), rcvbuf=1 << 20)
+    tcp = TcpListener(parse_endpoint("tcp:127.0.0.1:0"))
+    rx = _Receiver(opts, [udp], [tcp])
+    try:
+        rx.register()
+        with tcp_connect(tcp.address) as client:
+            wait_until(lambda: rx.step(0.01) == [] and rx.conns, what="accepted")
+            rx.backlog = lambda: 1001  # the pipeline is behind
+            udp_send(udp.address, hep(1), hep(2))
+            client.sendall(hep(3, proto=6))
+            wait_until(lambda: rx.step(0.01) == [] and rx.receive_drops == 2, what="drops")
+            rx.backlog = lambda: 0  # caught up: the TCP message was waiting in the kernel
+            got: list[object] = []
+
+            def step() -> bool:
+                got.extend(rx.step(0.01))
+                return bool(got)
+
+            wait_until(step, what="the TCP message")
+        assert [type(x).__name__ for x in got] == ["Record"]
+        assert rx.received == 3
+    finally:
+        rx.shutdown()
+        udp.close()
+        tcp.close()
+
+
 def test_kernel_drop_counter_is_read_from_proc() -> None:
     lst = UdpListener(parse_endpoint("udp:127.0.0.1:0"), rcvbuf=4096)
     try:

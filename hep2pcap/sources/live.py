@@ -283,6 +283,7 @@ class _Receiver:
             elif type(obj) is TcpConnection:
                 if full and not obj.handshaking:
                     throttled = True
+                    obj.last_us = now_us  # waiting for us, not idle
                     continue
                 self._read_conn(obj, now_us, out)
             elif type(obj) is TcpListener:
