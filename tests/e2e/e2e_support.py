@@ -169,6 +169,8 @@ FRAME_FIELDS = (
     "tcp.checksum.status",
     "udp.checksum.status",
     "tcp.seq",
+    "tcp.seq_raw",
+    "tcp.ack_raw",
     "tcp.len",
     "sip.Method",
     "sip.Status-Code",
@@ -196,7 +198,9 @@ class Frame:
     sport: int | None
     dport: int | None
     checksums: tuple[str, ...]  # every checksum status of the frame
-    tcp_seq: int | None
+    tcp_seq: int | None  # relative, as Wireshark shows it
+    tcp_seq_raw: int | None
+    tcp_ack_raw: int | None
     tcp_len: int | None
     method: str
     status: str
@@ -226,6 +230,8 @@ class Frame:
             dport=int(dport) if dport else None,
             checksums=checks,
             tcp_seq=int(r["tcp.seq"]) if r["tcp.seq"] else None,
+            tcp_seq_raw=int(r["tcp.seq_raw"]) if r["tcp.seq_raw"] else None,
+            tcp_ack_raw=int(r["tcp.ack_raw"]) if r["tcp.ack_raw"] else None,
             tcp_len=int(r["tcp.len"]) if r["tcp.len"] else None,
             method=r["sip.Method"],
             status=r["sip.Status-Code"],

@@ -99,17 +99,30 @@ def assert_comments(frames: list[Frame], expected: list[dict[str, Any]]) -> None
 
 
 def assert_tcp_continuous(frames: list[Frame]) -> None:
-    """Per direction, each TCP segment starts where the previous one ended."""
+    """Per direction, each TCP segment starts where the previous one ended, and every
+    segment acknowledges exactly what the other direction has sent so far (or, before that
+    direction has sent anything, the sequence number it then starts with)."""
     next_seq: dict[tuple[str, int | None, str, int | None], int] = {}
+    acked_before_start: dict[tuple[str, int | None, str, int | None], set[int]] = {}
     for f in frames:
         if f.transport != "tcp":
             continue
-        assert f.tcp_seq is not None
+        assert f.tcp_seq_raw is not None
+        assert f.tcp_ack_raw is not None
         assert f.tcp_len is not None
         key = (f.src, f.sport, f.dst, f.dport)
+        rkey = (f.dst, f.dport, f.src, f.sport)
         if key in next_seq:
-            assert f.tcp_seq == next_seq[key], f"frame {f.number}: seq gap in {key}"
-        next_seq[key] = f.tcp_seq + f.tcp_len
+            assert f.tcp_seq_raw == next_seq[key], f"frame {f.number}: seq gap in {key}"
+        else:
+            assert acked_before_start.pop(key, {f.tcp_seq_raw}) == {f.tcp_seq_raw}, (
+                f"frame {f.number}: starts at a sequence number the other side did not ACK"
+            )
+        next_seq[key] = (f.tcp_seq_raw + f.tcp_len) % 2**32
+        if rkey in next_seq:
+            assert f.tcp_ack_raw == next_seq[rkey], f"frame {f.number}: ACK off in {key}"
+        else:
+            acked_before_start.setdefault(rkey, set()).add(f.tcp_ack_raw)
 
 
 def interface_for(agent: int | None) -> str:
@@ -577,3 +590,19 @@ def test_output_without_packets_opens_everywhere(
     assert b"wrote 0" in proc.stderr
     assert tshark_fields(tshark, wireshark_env, out, ["frame.number"]) == []
     assert sngrep_dialogs(sngrep, out, tmp_path) == 0
+
+
+def test_public_hep_pcap_every_type(
+    tmp_path: Path, tshark: str, wireshark_env: dict[str, str]
+) -> None:
+    """``--include-type all`` also writes the LOG and RTCP-JSON messages (UDP, ports 0/0)."""
+    out = tmp_path / "out.pcapng"
+    proc = run_convert([public_capture("hep-wireshark_hep.pcap")], out, "--include-type", "all")
+    assert b"read 8, wrote 8, skipped 0, dropped 0" in proc.stderr
+    frames = tshark_frames(tshark, wireshark_env, out)
+    extra = [(f.sport, f.dport, f.is_sip) for f in frames if "type " in f.comment]
+    assert extra == [(0, 0, False), (0, 0, False)]
+    assert sum("type 100 (LOG)" in f.comment for f in frames) == 1
+    assert sum("type 5 (RTCP-JSON)" in f.comment for f in frames) == 1
+    assert_clean(frames)
+    assert expert_problems(tshark, wireshark_env, out) == []
