@@ -55,6 +55,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--burst-rate", type=int, default=400_000)
     g.add_argument("--burst-seconds", type=float, default=1.0, help="0 skips the burst")
     g.add_argument("--senders", type=int, default=1, help="sender processes")
+    g.add_argument(
+        "--burst-senders", type=int, default=2, help="sender processes for the burst phase"
+    )
     g.add_argument("--batch", type=int, default=64, help="messages per sendmmsg call")
     g.add_argument("--no-sngrep-live", dest="sngrep_live", action="store_false")
     g.add_argument(
@@ -72,8 +75,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--drain-s",
         type=float,
-        default=4.0,
-        help="max seconds to wait for the receiver's output to stop growing",
+        default=2.5,
+        help="the receiver is done when its output has not grown for this long",
     )
 
 
@@ -270,16 +273,23 @@ def run_phase(
                 return row
             time.sleep(0.05)
         snmp0 = udp_snmp()
-        row.update(send(port, rate, seconds, args.senders, args.batch, args.seed))
-        # Let the receiver drain its socket and reorder window: until its output stops growing.
-        last, still_since, give_up = -1, time.monotonic(), time.monotonic() + args.drain_s + 3
+        senders = args.burst_senders if phase == "burst" else args.senders
+        row["senders"] = senders
+        row.update(send(port, rate, seconds, senders, args.batch, args.seed))
+        # Let the receiver convert what it holds (socket, backlog, reorder window): wait
+        # until its output has not grown for --drain-s (it flushes at least every second),
+        # at most as long again as the sending took plus 30 s.
+        t_end = time.monotonic()
+        last, still_since = -1, t_end
+        give_up = t_end + row["send_seconds"] + 30
         while time.monotonic() < give_up:
             size = out.stat().st_size if out.exists() else 0
             if size != last:
                 last, still_since = size, time.monotonic()
-            elif time.monotonic() - still_since >= 1.0:
+            elif time.monotonic() - still_since >= args.drain_s:
                 break
             time.sleep(0.2)
+        row["drain_seconds"] = round(time.monotonic() - t_end, 1)
         row["kernel_drops"] = udp_socket_drops(port)
         snmp1 = udp_snmp()
         row["udp_rcvbuf_errors_global"] = snmp1.get("RcvbufErrors", 0) - snmp0.get(
@@ -302,6 +312,7 @@ def run_phase(
     if tool == "hep2pcap":
         summary = parse_summary(stderr)
         row["summary_read_wrote"] = summary
+        row["stderr_tail"] = stderr.strip().splitlines()[-6:]
         if written > row["sent"]:
             failures.append(f"{written} frames written for {row['sent']} messages sent")
         if rc not in (0, 130, -2):

@@ -257,7 +257,7 @@ def targets(rows: list[dict[str, Any]], live: list[dict[str, Any]] | None) -> li
     by = {(r["tool"], r["input"], r["messages"]): r for r in rows if "wall_s" in r}
     sizes = sorted({r["messages"] for r in rows})
     big = sizes[-1] if sizes else None
-    for label in ("pcap", "raw"):
+    for label in ("pcap", "raw") if big is not None else ():
         h, s = by.get(("hep2pcap", label, big)), by.get(("sngrep", "pcap", big))
         if h and s:
             ratio = h["wall_s"] / s["wall_s"]
