@@ -29,6 +29,7 @@ import ssl
 import struct
 import threading
 import time
+import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -573,7 +574,11 @@ class _ProcessDriver:
             name="hep2pcap-receive",
             daemon=True,
         )
-        self.proc.start()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about fork() with threads alive (the embedding program's):
+            # the child only touches its own sockets and pipes, never a lock of theirs.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.proc.start()
         os.close(data_w)
         os.close(ctl_r)
         os.set_blocking(self.data_r, False)
