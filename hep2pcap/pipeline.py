@@ -8,6 +8,7 @@ or sockets itself and reads no clock (ticks carry the time).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import heapq
 import hmac
@@ -368,9 +369,15 @@ def convert(
                 writer.flush()
             else:
                 conv.push(item)
-    finally:
-        conv.finish()
-        writer.flush()
+    except BaseException:
+        # Write what the window still holds if the output can take it (--strict, a
+        # signal), but never let a second failure (full disk, closed pipe) hide the first.
+        with contextlib.suppress(Exception):
+            conv.finish()
+            writer.flush()
+        raise
+    conv.finish()
+    writer.flush()
     return stats
 
 

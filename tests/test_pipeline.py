@@ -270,6 +270,22 @@ def test_strict_raises_after_writing_earlier_messages() -> None:
     assert writer.events[-1] == "flush"
 
 
+class FullDisk(RecordingWriter):
+    def write_packet(
+        self, agent: int | None, node: str | None, ts_us: int, frame: bytes, comment: str | None
+    ) -> None:
+        raise OSError(28, "No space left on device")
+
+
+def test_a_write_error_is_not_hidden_by_the_final_flush() -> None:
+    # The second failure (finishing the window on the same full disk) must not replace
+    # the first: the user is told about the disk, not about a secondary error.
+    items = records(*(msg_at(i) for i in range(5)))
+    with pytest.raises(OSError, match="No space left") as info:
+        convert([ListSource(list(items))], FullDisk(), Options(linktype=LINKTYPE_RAW, window_us=1))
+    assert info.value.__context__ is None
+
+
 def test_strict_does_not_raise_on_skips() -> None:
     opts = Options(linktype=LINKTYPE_RAW, strict=True)
     stats, w = run(*records(msg_at(0, payload_type=u8(5)), msg_at(1)), options=opts)
