@@ -3,7 +3,8 @@
 HEP senders (Kamailio, heplify, captagent) keep one TCP connection to the collector open for
 days, so a ``tcpdump -w`` started at any moment begins inside that connection: no SYN, and
 the first captured segment starts somewhere inside a HEP message. Every complete message
-after the first HEP3 boundary is in the capture and can be recovered.
+after the first HEP3 boundary is in the capture and can be recovered. Likewise a raw
+dump with stray bytes between two messages (resynchronisation in lenient mode).
 """
 
 from __future__ import annotations
@@ -89,3 +90,27 @@ def test_capture_started_mid_connection(
         (m["ts_us"], m["src"], m["call_id"]) for m in want
     ]
     assert expert_problems(tshark, wireshark_env, out) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "raw dump with a stray non-HEP datagram in the middle (e.g. `nc -lu 9060 > dump.hep`, "
+        "the README's own recipe): even with --lenient the rest of the file is dropped after "
+        "bad_magic; HEP-SPEC §11 BAD_MAGIC allows resynchronising at the next magic in "
+        "lenient mode"
+    ),
+)
+def test_raw_dump_with_stray_bytes_lenient(
+    tmp_path: Path, tshark: str, wireshark_env: dict[str, str]
+) -> None:
+    name = "hep/sample-call.hep"
+    data = (FIXTURES / name).read_bytes()
+    cut = message_starts(data)[5]
+    src = tmp_path / "dump.hep"
+    src.write_bytes(data[:cut] + b"\x00stray-udp-datagram\r\n" + data[cut:])
+    out = tmp_path / "out.pcapng"
+    proc = run_convert([src], out, "--lenient")
+    assert b"read 11, wrote 11" in proc.stderr, proc.stderr
+    frames = tshark_frames(tshark, wireshark_env, out)
+    assert [f.call_id for f in frames] == [m["call_id"] for m in expected_sip(name)]
