@@ -159,8 +159,8 @@ def convert_cmd(
         warn_limit=None if verbose else 5,
     )
     counters: list[ByteCounter] = []
-    with ExitStack() as stack:
-        try:
+    try:
+        with ExitStack() as stack:
             sources = open_inputs(inputs, stack, counters)
             out = _open_output(output, stack)
             writer: PacketWriter
@@ -172,11 +172,13 @@ def convert_cmd(
             stats = convert(sources, writer, options, on_progress=progress)
             if progress is not None:
                 click.echo("\r\033[K", nl=False, err=True)
-        except Hep2PcapError as exc:
-            raise click.ClickException(str(exc)) from exc
-        except BrokenPipeError:
-            sys.stderr.close()  # the reader went away (| head): end quietly
-            return
+    except Hep2PcapError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except BrokenPipeError:
+        sys.stderr.close()  # the reader went away (| head): end quietly
+        return
+    except OSError as exc:  # inputs raise InputError, so this is the output: disk full, …
+        raise click.ClickException(f"{output}: cannot write: {exc.strerror or exc}") from exc
     if not quiet:
         click.echo(stats.summary(), err=True)
 

@@ -7,6 +7,7 @@ import ipaddress
 import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,43 @@ def test_short_help_and_python_m() -> None:
     )
     assert proc.returncode == 0
     assert b"convert" in proc.stdout
+
+
+def test_full_disk_is_one_line_exit_1(dump: Path) -> None:
+    code, _, stderr = _run(["convert", str(dump), "-w", "/dev/full"])
+    assert code == 1
+    assert stderr.strip().splitlines() == [
+        "Error: /dev/full: cannot write: No space left on device"
+    ]
+
+
+def test_gzip_cut_short_keeps_every_whole_message(tmp_path: Path) -> None:
+    # A dump still being written: the gzip stream stops mid-way.
+    data = b"".join(_msg(INVITE, T0 + i) for i in range(200))
+    packed = gzip.compress(data)
+    cut = tmp_path / "cut.hep.gz"
+    cut.write_bytes(packed[: len(packed) * 2 // 3])
+    code, stdout, stderr = _run(["convert", str(cut), "-w", "-"])
+    assert code == 0
+    assert "compressed data ends early" in stderr
+    whole = len(zlib.decompressobj(31).decompress(packed[: len(packed) * 2 // 3])) // len(
+        _msg(INVITE, T0)
+    )
+    assert whole > 50
+    assert _epb_count(stdout) == whole
+
+
+def test_corrupt_gzip_is_one_line_exit_1(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.hep.gz"
+    bad.write_bytes(gzip.compress(b"x")[:10] + bytes(range(256)) * 4)
+    code, _, stderr = _run(["convert", str(bad), "-w", "-"])
+    assert code == 1
+    assert len(stderr.strip().splitlines()) == 1
+    assert "corrupt gzip data" in stderr
+
+
+def test_concatenated_gzip_members(dump: Path, tmp_path: Path) -> None:
+    two = tmp_path / "two.hep.gz"
+    two.write_bytes(gzip.compress(dump.read_bytes()) * 2)
+    code, stdout, _ = _run(["convert", str(two), "-w", "-"])
+    assert (code, _epb_count(stdout)) == (0, 4)

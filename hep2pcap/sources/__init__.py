@@ -6,15 +6,18 @@ never: decode HEP itself (that is the pipeline's job) or guess from the file nam
 
 from __future__ import annotations
 
-import gzip
+import logging
 import os
 import sys
+import zlib
 from contextlib import ExitStack
 from typing import BinaryIO, Protocol
 
 from ..errors import InputError
 from ..pipeline import Source
 from .rawfile import RawHepSource
+
+log = logging.getLogger("hep2pcap")
 
 PCAP_MAGICS = frozenset(bytes.fromhex(m) for m in ("a1b2c3d4", "d4c3b2a1", "a1b23c4d", "4d3cb2a1"))
 PCAPNG_MAGIC = bytes.fromhex("0a0d0d0a")
@@ -93,18 +96,85 @@ def open_input(path: str, stack: ExitStack, counters: list[ByteCounter] | None =
         raise InputError(f"{name}: cannot open: {exc.strerror or exc}") from exc
     try:
         size = os.fstat(raw.fileno()).st_size if path != "-" else None
-        counted = ByteCounter(raw, size or None)
+        counted = ByteCounter(Guarded(name, raw), size or None)
         if counters is not None:
             counters.append(counted)
         head = read_up_to(counted, 4)
         stream = Prepended(head, counted)
         if head[:2] == GZIP_MAGIC:
-            unzipped = stack.enter_context(gzip.GzipFile(fileobj=stream, mode="rb"))  # type: ignore[call-overload]
+            unzipped = Gunzip(name, stream)
             head = read_up_to(unzipped, 4)
             stream = Prepended(head, unzipped)
     except (OSError, EOFError) as exc:
         raise InputError(f"{name}: cannot read: {exc}") from exc
     return _detect(name, head, stream)
+
+
+class Guarded:
+    """Turns read failures of an input into :class:`InputError`, never a traceback."""
+
+    def __init__(self, name: str, stream: Readable) -> None:
+        self._name = name
+        self._stream = stream
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Read like ``BinaryIO.read``."""
+        try:
+            return self._stream.read(size)
+        except OSError as exc:
+            raise InputError(f"{self._name}: cannot read: {exc.strerror or exc}") from exc
+
+
+class Gunzip:
+    """Streaming gzip reader (RFC 1952, several members allowed).
+
+    Unlike ``gzip.GzipFile``, a file cut short — a dump still being written — gives every
+    byte that was there, then a warning and the end of input; corrupt data is an
+    :class:`InputError`. Output per call is bounded, so a gzip bomb cannot fill memory.
+    """
+
+    BLOCK = 64 * 1024
+
+    def __init__(self, name: str, raw: Readable) -> None:
+        self._name = name
+        self._raw = raw
+        self._inflater = zlib.decompressobj(wbits=31)
+        self._pending = b""  # compressed bytes not yet given to the inflater
+        self._eof = False
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Read up to ``size`` decompressed bytes (all that is left if negative)."""
+        parts: list[bytes] = []
+        have = 0
+        while (size < 0 or have < size) and not self._eof:
+            part = self._inflate(self.BLOCK if size < 0 else max(size - have, 1))
+            parts.append(part)
+            have += len(part)
+        return b"".join(parts)
+
+    def _inflate(self, limit: int) -> bytes:
+        inflater = self._inflater
+        data = inflater.unconsumed_tail or self._pending or self._raw.read(self.BLOCK)
+        self._pending = b""
+        if not data:
+            if not inflater.eof:
+                log.warning(
+                    "%s: compressed data ends early (cut short?); read up to there", self._name
+                )
+            self._eof = True
+            return b""
+        try:
+            out = inflater.decompress(data, limit)
+        except zlib.error as exc:
+            raise InputError(f"{self._name}: corrupt gzip data: {exc}") from exc
+        if inflater.eof:  # a member ended; another may follow (cat a.gz b.gz)
+            self._pending = inflater.unused_data
+            self._inflater = zlib.decompressobj(wbits=31)
+            if not self._pending:
+                self._pending = self._raw.read(self.BLOCK)
+                if not self._pending:
+                    self._eof = True
+        return out
 
 
 def _detect(name: str, head: bytes, stream: Readable) -> Source:
