@@ -249,6 +249,24 @@ class Frame:
 _DIALOG_COUNT = re.compile(rb"Dialog count: (\d+)")
 
 
+def sngrep_read(sngrep: str, path: Path | str, tmp_path: Path) -> tuple[int, int]:
+    """``sngrep -N -I PATH -O x.pcap``: (dialogs, SIP messages sngrep kept).
+
+    sngrep writes every message of every dialog it built to ``-O`` (grouped by dialog, not
+    in time order), so the record count says how many messages it parsed into dialogs.
+    """
+    dialogs = sngrep_dialogs(sngrep, path, tmp_path)
+    data = (tmp_path / "sngrep-out.pcap").read_bytes()
+    assert data[:4] in (bytes.fromhex("d4c3b2a1"), bytes.fromhex("4d3cb2a1")), data[:4].hex()
+    pos, records = 24, 0
+    while pos + 16 <= len(data):
+        (caplen,) = struct.unpack_from("<I", data, pos + 8)
+        pos += 16 + caplen
+        records += 1
+    assert pos == len(data)
+    return dialogs, records
+
+
 def sngrep_dialogs(sngrep: str, path: Path | str, tmp_path: Path) -> int:
     """``sngrep -N -I PATH -O x.pcap``: the last "Dialog count: N" it prints.
 

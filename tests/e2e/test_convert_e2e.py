@@ -32,6 +32,7 @@ from e2e_support import (
     public_capture,
     run_convert,
     sngrep_dialogs,
+    sngrep_read,
     tcp_analysis_flags,
     tshark_fields,
     tshark_frames,
@@ -149,9 +150,13 @@ def test_convert_fixture(
 
 @pytest.mark.parametrize("name", ALL_FIXTURES)
 def test_sngrep_counts_dialogs(name: str, tmp_path: Path, sngrep: str) -> None:
+    """sngrep builds every dialog and puts every SIP message into one (its -O output)."""
     out = tmp_path / "out.pcapng"
     run_convert([fixture_path(name)], out)
-    assert sngrep_dialogs(sngrep, out, tmp_path) == manifest(name)["dialogs"]
+    assert sngrep_read(sngrep, out, tmp_path) == (
+        manifest(name)["dialogs"],
+        manifest(name)["sip_messages"],
+    )
 
 
 def test_sample_call_tls_is_tcp_with_comment(
@@ -169,6 +174,23 @@ def test_sample_call_tls_is_tcp_with_comment(
     )
     assert len(rows) == 7
     assert all("proto 22 (TLS)" in r["frame.comment"] for r in rows)
+    # README: data segments are PSH|ACK; MACs show the addresses they stand for.
+    macs = tshark_fields(
+        tshark,
+        wireshark_env,
+        out,
+        ["tcp.flags", "eth.src", "eth.dst", "ip.src", "ip.dst"],
+        display_filter="frame.number == 1",
+    )
+    assert macs == [
+        {
+            "tcp.flags": "0x0018",
+            "eth.src": "02:00:0a:00:00:0a",
+            "eth.dst": "02:00:0a:00:00:14",
+            "ip.src": "10.0.0.10",
+            "ip.dst": "10.0.0.20",
+        }
+    ]
 
 
 def test_multi_agent_interfaces(tmp_path: Path, tshark: str, wireshark_env: dict[str, str]) -> None:

@@ -25,6 +25,7 @@ from e2e_support import (
     manifest,
     run_convert,
     sngrep_dialogs,
+    sngrep_read,
     tshark_frames,
     write_hep_udp_pcap,
 )
@@ -125,14 +126,20 @@ def test_sngrep_hep3_sender(
     out_raw = tmp_path / "from-raw.pcapng"
     run_convert([raw], out_raw)
     check_output(out_raw, name, tshark, wireshark_env, agent=SNGREP_V3_AGENT, version=3)
-    assert sngrep_dialogs(sngrep, out_raw, tmp_path) == manifest(name)["dialogs"]
+    assert sngrep_read(sngrep, out_raw, tmp_path) == (
+        manifest(name)["dialogs"],
+        manifest(name)["sip_messages"],
+    )
 
     pcap = tmp_path / "sngrep-hep.pcap"
     write_hep_udp_pcap(pcap, got, 9060)
     out_pcap = tmp_path / "from-pcap.pcapng"
     run_convert([pcap], out_pcap)
     check_output(out_pcap, name, tshark, wireshark_env, agent=SNGREP_V3_AGENT, version=3)
-    assert sngrep_dialogs(sngrep, out_pcap, tmp_path) == manifest(name)["dialogs"]
+    assert sngrep_read(sngrep, out_pcap, tmp_path) == (
+        manifest(name)["dialogs"],
+        manifest(name)["sip_messages"],
+    )
     assert out_pcap.read_bytes() == out_raw.read_bytes()  # same messages, same file
 
 
@@ -159,7 +166,10 @@ def test_sngrep_hep2_sender(
     proc = run_convert([pcap], out)
     assert f"read {want}, wrote {want}".encode() in proc.stderr
     check_output(out, name, tshark, wireshark_env, agent=SNGREP_ID, version=2)
-    assert sngrep_dialogs(sngrep, out, tmp_path) == manifest(name)["dialogs"]
+    assert sngrep_read(sngrep, out, tmp_path) == (
+        manifest(name)["dialogs"],
+        manifest(name)["sip_messages"],
+    )
 
 
 @pytest.fixture(scope="module")
