@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import Callable
 from contextlib import ExitStack
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import click
 
@@ -87,6 +87,74 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     logger.propagate = False
 
 
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def frame_options(command: F) -> F:
+    """The options convert and listen share: what is written, and how much is said."""
+    for option in reversed(
+        (
+            click.option(
+                "--linktype",
+                type=click.Choice(sorted(LINKTYPES)),
+                default="ethernet",
+                show_default=True,
+                help="Link layer of the rebuilt frames.",
+            ),
+            click.option(
+                "--no-comments", is_flag=True, help="Do not write a HEP comment on each packet."
+            ),
+            click.option(
+                "--include-type",
+                "include_types",
+                multiple=True,
+                metavar="N|all",
+                help="Also write this HEP payload type (e.g. 100 for LOG); 'all' writes all.",
+            ),
+            click.option(
+                "--use-receive-time",
+                is_flag=True,
+                help="Use the capture/receive time when HEPv3 has no timestamp.",
+            ),
+            click.option(
+                "-v",
+                "--verbose",
+                is_flag=True,
+                help="Log every rejected message, not the first 5 of each reason.",
+            ),
+            click.option(
+                "-q", "--quiet", is_flag=True, help="Print no summary, status or warnings."
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def _options(
+    linktype: str,
+    no_comments: bool,
+    include_types: tuple[str, ...],
+    use_receive_time: bool,
+    verbose: bool,
+    password: str | None,
+    window_s: float,
+    *,
+    strict: bool = False,
+    lenient: bool = False,
+) -> Options:
+    return Options(
+        decode=DecodeOptions(strict=strict, lenient=lenient, use_receive_time=use_receive_time),
+        password=password.encode() if password is not None else None,
+        payload_types=_payload_types(include_types),
+        window_us=round(window_s * 1_000_000),
+        comments=not no_comments,
+        strict=strict,
+        linktype=LINKTYPES[linktype],
+        warn_limit=None if verbose else 5,
+    )
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True))
 @click.option(
@@ -97,34 +165,16 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     help="pcap drops interfaces and comments.",
 )  # fmt: skip
 @click.option(
-    "--linktype", type=click.Choice(sorted(LINKTYPES)), default="ethernet", show_default=True,
-    help="Link layer of the rebuilt frames.",
-)  # fmt: skip
-@click.option("--no-comments", is_flag=True, help="Do not write a HEP comment on each packet.")
-@click.option(
     "--password", metavar="KEY", help="Drop messages whose HEP auth key is missing or differs."
 )
-@click.option(
-    "--include-type", "include_types", multiple=True, metavar="N|all",
-    help="Also write this HEP payload type (e.g. 100 for LOG); 'all' writes every type.",
-)  # fmt: skip
 @click.option(
     "--window", "window_s", type=click.FloatRange(0, 3600), default=2.0, show_default=True,
     metavar="SECONDS",
     help="Reorder window in seconds of HEP time.",
 )  # fmt: skip
-@click.option(
-    "--use-receive-time", is_flag=True, help="Use the capture time when HEPv3 has no timestamp."
-)
 @click.option("--strict", is_flag=True, help="Fail (exit 1) on the first malformed message.")
 @click.option("--lenient", is_flag=True, help="Accept the 'EEP3' magic alias.")
-@click.option(
-    "-v",
-    "--verbose",
-    is_flag=True,
-    help="Log every rejected message, not the first 5 of each reason.",
-)
-@click.option("-q", "--quiet", is_flag=True, help="Print no summary or warnings.")
+@frame_options
 def convert_cmd(
     inputs: tuple[str, ...],
     output: str,
@@ -148,16 +198,10 @@ def convert_cmd(
     Example: hep2pcap convert hep-traffic.pcap agent2.hep.gz -w calls.pcapng
     """
     _setup_logging(verbose, quiet)
-    options = Options(
-        decode=DecodeOptions(strict=strict, lenient=lenient, use_receive_time=use_receive_time),
-        password=password.encode() if password is not None else None,
-        payload_types=_payload_types(include_types),
-        window_us=round(window_s * 1_000_000),
-        comments=not no_comments,
-        strict=strict,
-        linktype=LINKTYPES[linktype],
-        warn_limit=None if verbose else 5,
-    )
+    options = _options(
+        linktype, no_comments, include_types, use_receive_time, verbose, password, window_s,
+        strict=strict, lenient=lenient,
+    )  # fmt: skip
     counters: list[ByteCounter] = []
     try:
         with ExitStack() as stack:
@@ -264,20 +308,7 @@ DEFAULT_LISTEN = ("udp:127.0.0.1:9060", "tcp:127.0.0.1:9060")
     "--window", "window_s", type=click.FloatRange(0, 3600), default=0.5, show_default=True,
     metavar="SECONDS", help="Reorder window (frames are written this late).",
 )  # fmt: skip
-@click.option(
-    "--linktype", type=click.Choice(sorted(LINKTYPES)), default="ethernet", show_default=True,
-    help="Link layer of the rebuilt frames.",
-)  # fmt: skip
-@click.option("--no-comments", is_flag=True, help="Do not write a HEP comment on each packet.")
-@click.option(
-    "--include-type", "include_types", multiple=True, metavar="N|all",
-    help="Also write this HEP payload type (e.g. 100 for LOG); 'all' writes every type.",
-)  # fmt: skip
-@click.option(
-    "--use-receive-time", is_flag=True, help="Use the receive time when HEPv3 has no timestamp."
-)
-@click.option("-v", "--verbose", count=True, help="Log every rejected message.")
-@click.option("-q", "--quiet", is_flag=True, help="Print no summary, status or warnings.")
+@frame_options
 def listen_cmd(
     listen_urls: tuple[str, ...],
     output: str,
@@ -302,7 +333,7 @@ def listen_cmd(
     no_comments: bool,
     include_types: tuple[str, ...],
     use_receive_time: bool,
-    verbose: int,
+    verbose: bool,
     quiet: bool,
 ) -> None:
     """Capture live HEP (UDP, TCP, TLS) to pcapng that can be opened at any moment.
@@ -322,7 +353,7 @@ def listen_cmd(
     from .sources.udp import parse_endpoint
     from .stats import Stats
 
-    _setup_logging(verbose > 0, quiet)
+    _setup_logging(verbose, quiet)
     log = logging.getLogger("hep2pcap")
     try:
         endpoints = tuple(parse_endpoint(u) for u in (listen_urls or DEFAULT_LISTEN))
@@ -346,13 +377,8 @@ def listen_cmd(
     if tls_client_ca is not None and tls_cert is None:
         raise click.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
 
-    options = Options(
-        decode=DecodeOptions(use_receive_time=use_receive_time),
-        password=password.encode() if password is not None else None,
-        payload_types=_payload_types(include_types),
-        window_us=round(window_s * 1_000_000),
-        comments=not no_comments,
-        linktype=LINKTYPES[linktype],
+    options = _options(
+        linktype, no_comments, include_types, use_receive_time, verbose, password, window_s
     )
     stats = Stats()
     with ExitStack() as stack:
