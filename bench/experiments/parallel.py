@@ -37,10 +37,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fused import (
-    _KNOWN_PROTOS,
-    _MAX_TS_S,
-    _MIN_TS_S,
+from fused import _digest
+from template import (
+    _MAX_S,
+    _MIN_S,
     _PAD,
     _TCP_PROTOS,
     CHUNK,
@@ -51,8 +51,11 @@ from fused import (
     ETH_IP6_UDP,
     HEP3,
     SORT_EVERY,
-    Layout,
-    _digest,
+    TS,
+    TS_SEC_HEAD,
+    TS_USEC_HEAD,
+    _regions,
+    _table,
 )
 
 from hep2pcap import __version__, hep, pcapng, pipeline
@@ -65,10 +68,11 @@ RANGE_BYTES = 2 << 20
 _w: dict[str, Any] = {}
 
 
-def _init(path: str) -> None:
-    _w["fd"] = os.open(path, os.O_RDONLY)
-    _w["layouts"] = []
-    _w["opts"] = {}  # (agent, node, proto) -> comment option bytes
+def _init(path: str, shm: bool) -> None:
+    _w.update(
+        fd=os.open(path, os.O_RDONLY), shm=shm, r1s=[], r2s=[], opts={}, padopts={},
+        dir_ids={}, agent_ids={}, seq=0,
+    )  # fmt: skip
 
 
 def _opt(msg: hep.HepMessage) -> bytes:
@@ -77,105 +81,107 @@ def _opt(msg: hep.HepMessage) -> bytes:
 
 
 def work(task: tuple[int, int]) -> tuple[Any, ...]:
-    """Decode one range; return columns, tables and the blob of EPB tails."""
+    """Template-decode one range (see template.py); columns, new table rows, EPB tails."""
     offset, length = task
     data = os.pread(_w["fd"], length, offset)
-    layouts: list[tuple[Any, ...]] = _w["layouts"]
-    opts: dict[tuple[Any, ...], bytes] = _w["opts"]
+    r1s, r2s, opts, padopts = _w["r1s"], _w["r2s"], _w["opts"], _w["padopts"]
+    dir_ids, agent_ids = _w["dir_ids"], _w["agent_ids"]
+    new_dirs: list[tuple[Any, ...]] = []
+    new_agents: list[tuple[Any, ...]] = []
     ts_a, dir_a, res_a, len_a, ag_a, off_a = (
         array("q"), array("I"), array("I"), array("I"), array("I"), array("I"),
     )  # fmt: skip
-    dirs: dict[tuple[Any, ...], int] = {}
-    agents: dict[tuple[Any, ...], int] = {}
     parts: list[bytes] = []
-    nodes: dict[bytes, str] = {}
     blob_pos = 0
     pos, size = 0, len(data)
+    ts_unpack, chunk_unpack = TS.unpack_from, CHUNK.unpack_from
     while pos < size:
-        total = HEP3.unpack_from(data, pos)[1]
-        end = pos + total
-        rec = None
+        end = pos + HEP3.unpack_from(data, pos)[1]
         p = pos + 6
-        for lay in layouts:
-            if total - 6 >= lay[2]:
-                v = lay[1].unpack_from(data, p)
-                if v[0::2] == lay[0]:
-                    break
-        else:
-            lay = None
-            if len(layouts) < 8:
-                try:
-                    lay = Layout(data[pos:end]).fast_tuple()
-                    layouts.append(lay)
-                    v = lay[1].unpack_from(data, p)
-                except (ValueError, KeyError):
-                    lay = None
-        if lay is not None:
-            (_, _, lsize, i_fam, i_proto, i_src, i_dst, i_sp, i_dp, i_sec, i_usec, i_pt, i_cid,
-             fam_ok) = lay  # fmt: skip
-            q = p + lsize
-            node = None
-            vend, ctype, clen = CHUNK.unpack_from(data, q)
-            if vend == 0 and ctype == 0x0013 and q + clen <= end:
-                nb = data[q + 6 : q + clen]
-                node = nodes.get(nb)
-                if node is None:
-                    node = nodes[nb] = nb.decode("utf-8", "replace")
-                q += clen
-                vend, ctype, clen = CHUNK.unpack_from(data, q)
-            sec, usec, proto = v[i_sec], v[i_usec], v[i_proto]
-            if not (
-                vend != 0 or ctype != 0x000F or q + clen != end or clen == 6
-                or v[i_fam] not in fam_ok or proto not in _KNOWN_PROTOS
-                or usec >= 1_000_000 or not _MIN_TS_S <= sec <= _MAX_TS_S or v[i_pt] != 1
-            ):  # fmt: skip
-                ckey = (v[i_cid], node, proto)
-                opt = opts.get(ckey)
-                if opt is None:
-                    opt = opts[ckey] = _opt(hep.decode(data[pos:end]))
-                rec = (
-                    sec * 1_000_000 + usec, proto in _TCP_PROTOS, v[i_src], v[i_dst], v[i_sp],
-                    v[i_dp], data[q + 6 : end], v[i_cid], node, opt,
-                )  # fmt: skip
-        if rec is None:
+        hit = None
+        for r1len, c1 in r1s:
+            dv = c1.get(data[p : p + r1len])
+            if dv is not None:
+                q = p + r1len
+                h1, sec, h2, usec = ts_unpack(data, q)
+                if (
+                    h1 == TS_SEC_HEAD and h2 == TS_USEC_HEAD and usec < 1_000_000
+                    and _MIN_S <= sec <= _MAX_S
+                ):  # fmt: skip
+                    q += 20
+                    for r2len, c2 in r2s:
+                        av = c2.get(data[q : q + r2len])
+                        if av is not None:
+                            q2 = q + r2len
+                            vendor, ctype, clen = chunk_unpack(data, q2)
+                            if vendor == 0 and ctype == 15 and q2 + clen == end:
+                                opt = opts.get((av[0], dv[2]))
+                                if opt is None:
+                                    opt = opts[(av[0], dv[2])] = _opt(hep.decode(data[pos:end]))
+                                hit = (sec * 1_000_000 + usec, dv, av[0], opt, data[q2 + 6 : end])
+                            break
+                break
+        if hit is None:
             msg = hep.decode(data[pos:end])
-            if msg.payload_type != 1 or msg.ts_us is None:
-                raise NotImplementedError("non-SIP / no-time messages: package path")
-            rec = (
-                msg.ts_us, msg.ip_proto in _TCP_PROTOS, msg.src_ip, msg.dst_ip, msg.src_port,
-                msg.dst_port, msg.payload, msg.capture_id, msg.node_name, _opt(msg),
-            )  # fmt: skip
-        ts, tcp, src, dst, sport, dport, payload, agent, node, opt = rec
-        dkey = (tcp, src, dst, sport, dport)
-        di = dirs.get(dkey)
-        if di is None:
-            di = dirs[dkey] = len(dirs)
-        akey = (agent, node)
-        ai = agents.get(akey)
-        if ai is None:
-            ai = agents[akey] = len(agents)
+            if msg.payload_type != 1 or msg.ts_us is None or msg.warnings:
+                raise NotImplementedError("non-SIP / repaired messages: package path")
+            tcp = msg.ip_proto in _TCP_PROTOS
+            dkey = (tcp, msg.src_ip, msg.dst_ip, msg.src_port, msg.dst_port)
+            did = dir_ids.get(dkey)
+            if did is None:
+                did = dir_ids[dkey] = len(dir_ids)
+                new_dirs.append(dkey)
+            hlen = 14 + (20 if len(msg.src_ip) == 4 else 40) + (20 if tcp else 8)
+            dv = (did, hlen, msg.ip_proto)
+            akey = (msg.capture_id, msg.node_name)
+            aid = agent_ids.get(akey)
+            if aid is None:
+                aid = agent_ids[akey] = len(agent_ids)
+                new_agents.append(akey)
+            if msg.correlation_id or msg.compressed:
+                opt = _opt(msg)
+            else:
+                opt = opts.get((aid, msg.ip_proto))
+                if opt is None:
+                    opt = opts[(aid, msg.ip_proto)] = _opt(msg)
+                shape = _regions(data, pos, end)
+                if shape is not None:
+                    r1len, r2len = shape
+                    _table(r1s, r1len)[data[p : p + r1len]] = dv
+                    q = p + r1len + 20
+                    _table(r2s, r2len)[data[q : q + r2len]] = (aid,)
+            hit = (msg.ts_us, dv, aid, opt, msg.payload)
+        ts, dv, aid, opt, payload = hit
         plen = len(payload)
-        pres = int.from_bytes(payload, "big")
+        pres = int.from_bytes(payload, "big") % 0xFFFF
         if plen & 1:
-            pres <<= 8
-        hlen = 14 + (20 if len(src) == 4 else 40) + (20 if tcp else 8)
-        fsize = hlen + plen
-        pad = _PAD[fsize & 3]
-        btotal = 28 + fsize + len(pad) + len(opt) + 4
+            pres = pres * 256 % 0xFFFF
+        fsize = dv[1] + plen
+        pk = (opt, fsize & 3)
+        tail = padopts.get(pk)
+        if tail is None:
+            tail = padopts[pk] = _PAD[fsize & 3] + opt
+        btotal = 32 + fsize + len(tail)
         parts.append(payload)
-        parts.append(pad)
-        parts.append(opt)
+        parts.append(tail)
         parts.append(btotal.to_bytes(4, "little"))
         ts_a.append(ts)
-        dir_a.append(di)
-        res_a.append(pres % 0xFFFF)
+        dir_a.append(dv[0])
+        res_a.append(pres)
         len_a.append(plen)
-        ag_a.append(ai)
+        ag_a.append(aid)
         off_a.append(blob_pos)
-        blob_pos += plen + len(pad) + len(opt) + 4
+        blob_pos += plen + len(tail) + 4
         pos = end
     off_a.append(blob_pos)
-    return (ts_a, dir_a, res_a, len_a, ag_a, off_a, list(dirs), list(agents), b"".join(parts))
+    blob: bytes | str = b"".join(parts)
+    if _w["shm"]:
+        _w["seq"] += 1
+        name = f"/dev/shm/hep2pcap-bench-{os.getpid()}-{_w['seq']}"
+        with open(name, "wb") as f:
+            f.write(blob)
+        blob = name
+    return (os.getpid(), new_dirs, new_agents, ts_a, dir_a, res_a, len_a, ag_a, off_a, blob)
 
 
 # --- parent ---------------------------------------------------------------------------
@@ -214,7 +220,7 @@ def _ranges(path: Path) -> Any:
 
 def convert(
     src: Path, dst: Path, workers: int = 2, window_us: int = 2_000_000,
-    max_pending: int = 100_000,
+    max_pending: int = 100_000, shm: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """Convert one raw HEPv3 dump with ``workers`` decoding processes."""
     out = open(dst, "wb", buffering=1 << 20)  # noqa: SIM115
@@ -321,11 +327,13 @@ def convert(
 
     ctx = mp.get_context("fork")
     order = 0
-    with ctx.Pool(workers, initializer=_init, initargs=(str(src),)) as pool:
-        for chunk in pool.imap(work, _ranges(src), chunksize=1):
-            ts_a, _, _, _, _, _, dirs, agents, blob = chunk
-            gdirs = []
-            for tcp, s, d, sp, dp in dirs:
+    dirs_of: dict[int, list[tuple[Any, ...]]] = {}
+    agents_of: dict[int, list[tuple[Any, ...]]] = {}
+    with ctx.Pool(workers, initializer=_init, initargs=(str(src), shm)) as pool:
+        for res in pool.imap(work, _ranges(src), chunksize=1):
+            pid, new_dirs, new_agents, ts_a, dir_a, res_a, len_a, ag_a, off_a, blob = res
+            dlist = dirs_of.setdefault(pid, [])
+            for tcp, s, d, sp, dp in new_dirs:
                 g = dcache.get((tcp, s, d, sp, dp))
                 if g is None:
                     addr_sum = F.ones_sum(s + d)
@@ -335,8 +343,15 @@ def convert(
                         0x4500 + 0x4000 + (64 << 8 | proto) + addr_sum,
                         addr_sum + proto + sp + dp,
                     )  # fmt: skip
-                gdirs.append(g)
-            chunk = (*chunk[:6], gdirs, agents, memoryview(blob))
+                dlist.append(g)
+            alist = agents_of.setdefault(pid, [])
+            alist.extend(new_agents)
+            if isinstance(blob, str):
+                with open(blob, "rb") as f:
+                    data = f.read()
+                os.unlink(blob)
+                blob = data
+            chunk = (ts_a, dir_a, res_a, len_a, ag_a, off_a, dlist, alist, memoryview(blob))
             for i, ts in enumerate(ts_a):
                 pending.append((ts, order, chunk, i))
                 order += 1
@@ -358,10 +373,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("src", type=Path)
     ap.add_argument("dst", type=Path)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--pipe", action="store_true", help="blobs through the pool's pipe, not /dev/shm"
+    )
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    stats = convert(args.src, args.dst, args.workers)
+    stats = convert(args.src, args.dst, args.workers, shm=not args.pipe)
     wall = time.perf_counter() - t0
     ru_self = os.times()
     print(f"{stats}  wall {wall:.2f} s, {stats['written'] / wall:,.0f} msg/s, CPU parent "
