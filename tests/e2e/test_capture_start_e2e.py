@@ -92,15 +92,6 @@ def test_capture_started_mid_connection(
     assert expert_problems(tshark, wireshark_env, out) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "raw dump with a stray non-HEP datagram in the middle (e.g. `nc -lu 9060 > dump.hep`, "
-        "the README's own recipe): even with --lenient the rest of the file is dropped after "
-        "bad_magic; HEP-SPEC §11 BAD_MAGIC allows resynchronising at the next magic in "
-        "lenient mode"
-    ),
-)
 def test_raw_dump_with_stray_bytes_lenient(
     tmp_path: Path, tshark: str, wireshark_env: dict[str, str]
 ) -> None:
@@ -112,5 +103,10 @@ def test_raw_dump_with_stray_bytes_lenient(
     out = tmp_path / "out.pcapng"
     proc = run_convert([src], out, "--lenient")
     assert b"read 11, wrote 11" in proc.stderr, proc.stderr
+    assert f"offset {cut}: bad_magic".encode() in proc.stderr
+    assert b"input: bad_magic=1" in proc.stderr
     frames = tshark_frames(tshark, wireshark_env, out)
     assert [f.call_id for f in frames] == [m["call_id"] for m in expected_sip(name)]
+    # Without --lenient the dump ends at the stray bytes, keeping what came before.
+    proc = run_convert([src], out)
+    assert b"read 5, wrote 5" in proc.stderr, proc.stderr
