@@ -99,3 +99,32 @@ def test_sngrep_own_hep_export_vs_hep2pcap(
     assert sum(":ipv6:" in f.protocols for f in ours) == 10
     assert "0.0.0.0" not in {f.src for f in ours}
     assert all(set(f.checksums) == {"1"} for f in ours)
+
+
+@pytest.mark.parametrize(
+    ("name", "dialogs", "packets"),
+    [
+        ("pcap/hep-v3-udp-vlan.pcap", 1, 10),  # 5 messages, each written twice
+        ("pcap/hep-v2-udp.pcap", 0, 0),  # HEPv2: nothing
+    ],
+)
+def test_sngrep_eep_parse_of_hep_pcaps(
+    name: str, dialogs: int, packets: int, tmp_path: Path, sngrep: str
+) -> None:
+    """README table, last rows: ``sngrep -E -I`` on a pcap of HEP writes every HEPv3 frame
+    twice and reads nothing from HEPv2; hep2pcap writes each message once (see
+    test_convert_e2e.py)."""
+    out = tmp_path / "x.pcap"
+    proc = subprocess.run(
+        [sngrep, "-F", "-N", "-E", "-I", str(FIXTURES / name), "-O", str(out)],
+        capture_output=True,
+        timeout=TIMEOUT_S,
+        check=True,
+    )
+    assert proc.stdout.replace(b"\r", b"\n").split()[-1] == str(dialogs).encode()
+    data = out.read_bytes()
+    pos, records = 24, 0
+    while pos + 16 <= len(data):
+        pos += 16 + struct.unpack_from("<I", data, pos + 8)[0]
+        records += 1
+    assert records == packets
