@@ -173,7 +173,10 @@ def _options(
     help="Reorder window in seconds of HEP time.",
 )  # fmt: skip
 @click.option("--strict", is_flag=True, help="Fail (exit 1) on the first malformed message.")
-@click.option("--lenient", is_flag=True, help="Accept the 'EEP3' magic alias.")
+@click.option(
+    "--lenient", is_flag=True,
+    help="Accept the 'EEP3' alias; in raw dumps, skip stray bytes to the next HEP3 header.",
+)  # fmt: skip
 @frame_options
 def convert_cmd(
     inputs: tuple[str, ...],
@@ -205,7 +208,7 @@ def convert_cmd(
     counters: list[ByteCounter] = []
     try:
         with ExitStack() as stack:
-            sources = open_inputs(inputs, stack, counters)
+            sources = open_inputs(inputs, stack, counters, lenient=lenient)
             out = _open_output(output, stack)
             writer: PacketWriter
             if fmt == "pcap":

@@ -3,7 +3,9 @@
 Owns: framing by the HEPv3 total-length field (HEP-SPEC §5). Must never: decode chunks,
 do I/O, or buffer more than one message (65535 bytes) plus one feed. Only v3 can be framed
 on a stream; a v1/v2 first byte is V12_ON_STREAM, anything else BAD_MAGIC, and after a
-framing error the rest of the stream cannot be trusted: the deframer stays failed.
+framing error the rest of the stream cannot be trusted: the deframer stays failed — unless
+it resynchronises (HEP-SPEC §11 BAD_MAGIC, lenient mode): then the bytes up to the next
+magic are skipped and reported, and framing goes on.
 """
 
 from __future__ import annotations
@@ -20,11 +22,26 @@ class HepDeframer:
 
     Args:
         lenient: also frame messages that start with the "EEP3" alias.
+        resync: after a framing error, skip to the next magic instead of failing; each
+            resynchronisation is reported once in ``problems`` (to be taken by the caller)
+            and ``starts`` lists the stream offset of every message returned by ``feed``.
     """
 
-    __slots__ = ("_failed", "_have", "_magics", "_need", "_parts", "_raised", "offset")
+    __slots__ = (
+        "_failed",
+        "_have",
+        "_magics",
+        "_need",
+        "_parts",
+        "_raised",
+        "_resync",
+        "_scanning",
+        "offset",
+        "problems",
+        "starts",
+    )
 
-    def __init__(self, *, lenient: bool = False) -> None:
+    def __init__(self, *, lenient: bool = False, resync: bool = False) -> None:
         # The unfinished message is kept as a list of pieces and joined only once it is
         # complete, so feeding a message in many small pieces stays linear.
         self._parts: list[bytes] = []
@@ -33,6 +50,10 @@ class HepDeframer:
         self._failed: DecodeError | None = None
         self._raised = False
         self._magics = (HEP3_MAGIC, EEP3_MAGIC) if lenient else (HEP3_MAGIC,)
+        self._resync = resync
+        self._scanning = False  # resync: skipping bytes, the error already reported
+        self.problems: list[DecodeError] = []
+        self.starts: list[int] = []
         self.offset = 0
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -47,6 +68,8 @@ class HepDeframer:
         """
         if self._failed is not None:
             raise self._raise_failed()
+        if self._resync:
+            self.starts = []
         if self._parts:
             self._parts.append(data)
             self._have += len(data)
@@ -61,24 +84,67 @@ class HepDeframer:
         pos = 0
         size = len(buf)
         unpack = HEP3_HEADER.unpack_from
+        magics = self._magics
+        if self._resync:
+            return self._feed_resync(buf, out)
         while size - pos >= HEP3_HEADER.size:
             magic, total = unpack(buf, pos)
-            if magic not in self._magics or total < HEP3_HEADER.size:
+            if magic not in magics or total < HEP3_HEADER.size:
                 return self._fail(out, buf, pos, magic, total)
             if size - pos < total:
                 break
             out.append(buf[pos : pos + total])
             pos += total
         tail = bytes(buf[pos : pos + 4])
-        if tail and not any(m.startswith(tail) for m in self._magics):
+        if tail and not any(m.startswith(tail) for m in magics):
             # A short tail that can never become HEP3: fail now rather than at EOF.
             return self._fail(out, buf, pos, tail, HEP3_HEADER.size)
-        if pos < size:
+        self._keep(buf, pos)
+        return out
+
+    def _keep(self, buf: bytes, pos: int) -> None:
+        """Hold ``buf[pos:]`` (the start of the next message) and account for the rest."""
+        if pos < len(buf):
             rest = buf[pos:]
             self._parts = [rest]
             self._have = len(rest)
-            self._need = unpack(rest)[1] if len(rest) >= HEP3_HEADER.size else HEP3_HEADER.size
+            self._need = (
+                HEP3_HEADER.unpack_from(rest)[1]
+                if len(rest) >= HEP3_HEADER.size
+                else HEP3_HEADER.size
+            )
         self.offset += pos
+
+    def _feed_resync(self, buf: bytes, out: list[bytes]) -> list[bytes]:
+        # The same framing, but a bad header skips to the next magic instead of failing.
+        pos, size, magics = 0, len(buf), self._magics
+        starts = self.starts
+        while True:
+            if size - pos >= HEP3_HEADER.size:
+                magic, total = HEP3_HEADER.unpack_from(buf, pos)
+                if magic in magics and total >= HEP3_HEADER.size:
+                    if size - pos < total:
+                        break
+                    self._scanning = False
+                    starts.append(self.offset + pos)
+                    out.append(buf[pos : pos + total])
+                    pos += total
+                    continue
+            else:
+                magic, total = bytes(buf[pos : pos + 4]), HEP3_HEADER.size
+                if not magic or any(m.startswith(magic) for m in magics):
+                    break
+            if not self._scanning:
+                error = self._framing_error(buf, pos, magic, total)
+                self.problems.append(
+                    DecodeError(
+                        error.reason, error.offset, f"{error.detail}; skipping to the next HEP3"
+                    )
+                )
+                self._scanning = True
+            found = [i for i in (buf.find(m, pos + 1) for m in magics) if i >= 0]
+            pos = min(found) if found else max(pos + 1, size - 3)
+        self._keep(buf, pos)
         return out
 
     def _fail(
@@ -128,6 +194,10 @@ class HepDeframer:
         if self._failed is not None:
             if not self._raised:
                 raise self._raise_failed()
+            return
+        if self._scanning:  # junk after a reported desync, not a cut message
+            self._parts = []
+            self._have = 0
             return
         if self._have:
             left = self._have

@@ -250,3 +250,14 @@ def test_concatenated_gzip_members(dump: Path, tmp_path: Path) -> None:
     two.write_bytes(gzip.compress(dump.read_bytes()) * 2)
     code, stdout, _ = _run(["convert", str(two), "-w", "-"])
     assert (code, _epb_count(stdout)) == (0, 4)
+
+
+def test_eep3_dump_needs_lenient(tmp_path: Path) -> None:
+    eep = tmp_path / "eep.hep"
+    eep.write_bytes(b"EEP3" + _msg(INVITE, T0)[4:])
+    code, _, stderr = _run(["convert", str(eep), "-w", "-"])
+    assert code == 1
+    assert "--lenient" in stderr
+    code, stdout, stderr = _run(["convert", str(eep), "-w", "-", "--lenient"])
+    assert (code, _epb_count(stdout)) == (0, 1)
+    assert "eep_alias=1" in stderr

@@ -222,3 +222,51 @@ def test_eep3_prefix_kept_pending_only_when_lenient() -> None:
     assert d.feed(MSG_A + b"EE") == [MSG_A]
     with raises(Reason.BAD_MAGIC, len(MSG_A)):
         d.eof()
+
+
+# --- resync (lenient raw dumps, HEP-SPEC §11 BAD_MAGIC) --------------------------------
+
+JUNK = b"\x00stray-udp-datagram\r\nHE"  # ends like the start of a magic, to be tricky
+WITH_JUNK = MSG_A + JUNK + MSG_B + b"\x02" * 30 + MSG_C
+
+
+def _feed_resync(pieces: list[bytes]) -> tuple[list[bytes], list[int], list[DecodeError]]:
+    d = HepDeframer(resync=True)
+    out: list[bytes] = []
+    starts: list[int] = []
+    problems: list[DecodeError] = []
+    for piece in pieces:
+        out += d.feed(piece)
+        starts += d.starts
+        problems += d.problems
+        d.problems.clear()
+    d.eof()  # junk at the end is not a cut message
+    return out, starts, problems
+
+
+@pytest.mark.parametrize("step", [1, 2, 5, 7, 64, len(WITH_JUNK)])
+def test_resync_skips_to_the_next_magic_at_any_split(step: int) -> None:
+    pieces = [WITH_JUNK[i : i + step] for i in range(0, len(WITH_JUNK), step)]
+    out, starts, problems = _feed_resync([*pieces, b"trailing junk"])
+    assert out == [MSG_A, MSG_B, MSG_C]
+    assert starts == [0, len(MSG_A) + len(JUNK), len(WITH_JUNK) - len(MSG_C)]
+    assert [(p.reason, p.offset) for p in problems] == [
+        (Reason.BAD_MAGIC, len(MSG_A)),
+        (Reason.V12_ON_STREAM, len(MSG_A) + len(JUNK) + len(MSG_B)),
+        (Reason.BAD_MAGIC, len(WITH_JUNK)),
+    ]
+
+
+def test_resync_skips_a_magic_with_an_impossible_length() -> None:
+    bad = b"HEP3\x00\x03"
+    out, _, problems = _feed_resync([MSG_A + bad + MSG_B])
+    assert out == [MSG_A, MSG_B]
+    assert [(p.reason, p.offset) for p in problems] == [(Reason.LENGTH_TOO_SMALL, len(MSG_A))]
+
+
+def test_resync_still_reports_a_message_cut_at_eof() -> None:
+    d = HepDeframer(resync=True)
+    assert d.feed(MSG_A + MSG_B[:10]) == [MSG_A]
+    with pytest.raises(DecodeError) as info:
+        d.eof()
+    assert info.value.reason is Reason.STREAM_TRUNCATED_AT_EOF

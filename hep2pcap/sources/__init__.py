@@ -78,13 +78,21 @@ def read_up_to(stream: Readable, size: int) -> bytes:
     return out
 
 
-def open_input(path: str, stack: ExitStack, counters: list[ByteCounter] | None = None) -> Source:
+def open_input(
+    path: str,
+    stack: ExitStack,
+    counters: list[ByteCounter] | None = None,
+    *,
+    lenient: bool = False,
+) -> Source:
     """Open one input and return the source that reads it.
 
     Args:
         path: a file path, or ``-`` for standard input.
         stack: owns the opened files; closing it closes them.
         counters: if given, a byte counter for this input is appended (progress display).
+        lenient: raw dumps may use the "EEP3" alias and are resynchronised at the next
+            magic after a framing error.
 
     Raises:
         InputError: unreadable, or not a format hep2pcap reads (one clear line).
@@ -107,7 +115,7 @@ def open_input(path: str, stack: ExitStack, counters: list[ByteCounter] | None =
             stream = Prepended(head, unzipped)
     except (OSError, EOFError) as exc:
         raise InputError(f"{name}: cannot read: {exc}") from exc
-    return _detect(name, head, stream)
+    return _detect(name, head, stream, lenient)
 
 
 class Guarded:
@@ -177,13 +185,15 @@ class Gunzip:
         return out
 
 
-def _detect(name: str, head: bytes, stream: Readable) -> Source:
+def _detect(name: str, head: bytes, stream: Readable, lenient: bool) -> Source:
     if head in PCAP_MAGICS or head == PCAPNG_MAGIC:
         from .pcapfile import PcapSource  # only pcap inputs pay for this import
 
         return PcapSource(name, stream)
+    if head[:4] == b"EEP3" and not lenient:
+        raise InputError(f"{name}: starts with the 'EEP3' alias of HEP3; --lenient accepts it")
     if head[:4] in (b"HEP3", b"EEP3") or not head:
-        return RawHepSource(name, stream, lenient=head[:4] == b"EEP3")
+        return RawHepSource(name, stream, lenient=lenient)
     if head[0] in (1, 2):
         raise InputError(
             f"{name}: starts like HEPv{head[0]}, which has no length field and cannot be read "
@@ -196,7 +206,11 @@ def _detect(name: str, head: bytes, stream: Readable) -> Source:
 
 
 def open_inputs(
-    paths: tuple[str, ...], stack: ExitStack, counters: list[ByteCounter] | None = None
+    paths: tuple[str, ...],
+    stack: ExitStack,
+    counters: list[ByteCounter] | None = None,
+    *,
+    lenient: bool = False,
 ) -> list[Source]:
     """Open every input up front, so a bad path fails before anything is written."""
-    return [open_input(p, stack, counters) for p in paths]
+    return [open_input(p, stack, counters, lenient=lenient) for p in paths]

@@ -2,7 +2,8 @@
 
 Owns: reading a binary stream in blocks and cutting it with :class:`HepDeframer`.
 Must never: decode messages. A framing error ends the file (counted, with its offset);
-the messages before it are kept.
+the messages before it are kept. With ``lenient`` the reader skips to the next HEP3
+header instead (a dump from ``nc -lu`` may hold a stray non-HEP datagram).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class RawHepSource:
         self._lenient = lenient
 
     def __iter__(self) -> Iterator[Record | Problem]:
-        deframer = HepDeframer(lenient=self._lenient)
+        lenient = self._lenient
+        deframer = HepDeframer(lenient=lenient, resync=lenient)
         read = self._stream.read
         while True:
             block = read(READ_SIZE)
@@ -43,6 +45,13 @@ class RawHepSource:
             except DecodeError as exc:
                 yield Problem(exc.reason, exc.offset, exc.detail)
                 return
+            if lenient:
+                for skipped in deframer.problems:
+                    yield Problem(skipped.reason, skipped.offset, skipped.detail)
+                deframer.problems.clear()
+                for msg, start in zip(messages, deframer.starts, strict=True):
+                    yield Record(msg, None, start)
+                continue
             for msg in messages:
                 yield Record(msg, None, pos)
                 pos += len(msg)
