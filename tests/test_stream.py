@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hepbuild import SIP, base_chunks, hep3, ip, u16, v3, v12
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hep2pcap.errors import DecodeError, Reason
 from hep2pcap.hep import ChunkType, decode
@@ -270,3 +274,23 @@ def test_resync_still_reports_a_message_cut_at_eof() -> None:
     with pytest.raises(DecodeError) as info:
         d.eof()
     assert info.value.reason is Reason.STREAM_TRUNCATED_AT_EOF
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.sampled_from([MSG_A, MSG_B, b"HEP3", b"\x00\x05", b"junk", b"\x01"]), max_size=12),
+    st.integers(1, 50),
+)
+def test_resync_never_raises_and_keeps_every_whole_message(parts: list[bytes], step: int) -> None:
+    data = b"".join(parts)
+    d = HepDeframer(resync=True)
+    out: list[bytes] = []
+    for i in range(0, len(data), step):
+        out += d.feed(data[i : i + step])
+    with contextlib.suppress(DecodeError):
+        d.eof()
+    # A stray "HEP3" can swallow what follows (its length field is garbage), so the only
+    # promises are: no exception, everything returned is framed, and clean input is exact.
+    assert all(m.startswith(b"HEP3") for m in out)
+    if all(p in (MSG_A, MSG_B) for p in parts):
+        assert out == parts
