@@ -132,6 +132,7 @@ _KNOWN_CHUNKS = frozenset(int(c) for c in ChunkType)
 
 # HEP-SPEC §9: plausibility window and the NTP epoch offset.
 MIN_PLAUSIBLE_S = 946684800  # 2000-01-01T00:00:00Z
+MIN_PLAUSIBLE_US = MIN_PLAUSIBLE_S * 1_000_000
 MAX_FUTURE_S = 86400  # at most one day after the reference time
 NTP_EPOCH_OFFSET_S = 2208988800
 USEC_PER_S = 1_000_000
@@ -201,7 +202,8 @@ def decode(
     Args:
         data: exactly one message (a datagram, or one unit cut by the stream deframer).
         ref_time_us: the receive or file-record time, for timestamp plausibility (§9).
-            ``None`` means "unknown": only the fixed window 2000-01-01 … NTP epoch applies.
+            ``None`` (or a time before 2000, a capture clock never set) means "unknown":
+            only the fixed window 2000-01-01 … NTP epoch applies.
         options: decoder switches.
 
     Returns:
@@ -212,6 +214,8 @@ def decode(
     """
     if len(data) < 1:
         raise DecodeError(Reason.TRUNCATED_HEADER, 0, "empty datagram")
+    if ref_time_us is not None and ref_time_us < MIN_PLAUSIBLE_US:
+        ref_time_us = None  # a capture clock that was never set (1970) is no reference
     first = data[0]
     if first == 0x48 or first == 0x45:  # "H" / "E": v3 magic comes first (HEP-SPEC §1)
         return _decode_v3(data, ref_time_us, options)

@@ -145,7 +145,8 @@ SHARED = -1
 
 
 class PcapngWriter:
-    """pcapng writer: one interface per HEP capture agent id, created when first seen.
+    """pcapng writer: one interface per HEP capture agent id, created when first seen
+    (interface 0, for messages without an agent id, is written with the section header).
 
     With LINKTYPE_RAW every agent shares one interface: libpcap 1.10 (and so sngrep and
     tcpdump) maps the first IDB's 101 to DLT_RAW (12), then rejects a second IDB of type
@@ -172,6 +173,9 @@ class PcapngWriter:
         self._count = 0  # interfaces written
         self.bytes_written = 0
         self._write(encode_shb(f"hep2pcap {__version__}"))
+        # One interface up front: libpcap (sngrep, tcpdump) refuses a pcapng without any IDB,
+        # which an empty capture, or a live file before its first packet, would otherwise be.
+        self._add_interface(None, None)
 
     def _write(self, block: bytes) -> None:
         self._out.write(block)

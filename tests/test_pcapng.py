@@ -212,19 +212,20 @@ def write_four(comments: bool = True) -> bytes:
 
 def test_writer_interfaces_created_lazily_per_agent() -> None:
     blocks = parse_pcapng(write_four())
-    assert [b.type for b in blocks] == [0x0A0D0D0A, 1, 6, 1, 6, 1, 6, 6]
+    # interface 0 (no agent id) comes with the section header, so the file always has one
+    assert [b.type for b in blocks] == [0x0A0D0D0A, 1, 1, 6, 6, 1, 6, 6]
     assert blocks[0].options == {4: [f"hep2pcap {__version__}".encode()]}
     assert [idb(b) for b in blocks if b.type == 1] == [
-        (1, SNAPLEN, "hep-agent-1", "HEP capture agent 1 (node kam1)"),
         (1, SNAPLEN, "hep-no-agent-id", "HEP sender without capture agent id"),
+        (1, SNAPLEN, "hep-agent-1", "HEP capture agent 1 (node kam1)"),
         (1, SNAPLEN, "hep-agent-2", "HEP capture agent 2"),
     ]
     packets = [epb(b) for b in blocks if b.type == 6]
     assert [(p.interface, p.ts_us - TS_US, p.frame) for p in packets] == [
-        (0, 0, frame(1)),
-        (1, 1, frame(2)),
+        (1, 0, frame(1)),
+        (0, 1, frame(2)),
         (2, 2, frame(3)),
-        (0, 3_000_000, frame(4)),
+        (1, 3_000_000, frame(4)),
     ]
     assert [p.comments for p in packets] == [["first"], ["second"], [], ["fourth"]]
 
@@ -253,23 +254,30 @@ def test_raw_ip_shares_one_interface_for_libpcap() -> None:
 def test_interfaces_are_bounded_past_max_interfaces() -> None:
     out = io.BytesIO()
     w = PcapngWriter(out, LINKTYPE_ETHERNET, comments=False)
-    agents = [*range(MAX_INTERFACES + 50), 0, MAX_INTERFACES + 7]
+    own = MAX_INTERFACES - 1  # interface 0 is the one for messages without an agent id
+    agents = [*range(own + 50), 0, own + 7]
     for agent in agents:
         w.write_packet(agent, None, TS_US, frame(1), None)
     blocks = parse_pcapng(out.getvalue())
     names = [idb(b)[2] for b in blocks if b.type == 1]
     assert len(names) == MAX_INTERFACES + 1
+    assert names[0] == "hep-no-agent-id"
     assert names[-1] == "hep-other-agents"
     ifaces = [epb(b).interface for b in blocks if b.type == 6]
-    assert ifaces[:MAX_INTERFACES] == list(range(MAX_INTERFACES))
-    assert set(ifaces[MAX_INTERFACES : MAX_INTERFACES + 50]) == {MAX_INTERFACES}
-    assert ifaces[-2:] == [0, MAX_INTERFACES]
+    assert ifaces[:own] == list(range(1, MAX_INTERFACES))
+    assert set(ifaces[own : own + 50]) == {MAX_INTERFACES}
+    assert ifaces[-2:] == [1, MAX_INTERFACES]
 
 
-def test_empty_pcapng_is_just_a_section_header() -> None:
-    out = io.BytesIO()
-    PcapngWriter(out, LINKTYPE_RAW).close()
-    assert [b.type for b in parse_pcapng(out.getvalue())] == [0x0A0D0D0A]
+def test_empty_pcapng_has_an_interface_for_libpcap() -> None:
+    # libpcap (sngrep, tcpdump) refuses a pcapng without any IDB: "the capture file has no
+    # Interface Description Blocks". An empty capture still opens everywhere.
+    for linktype, name in ((LINKTYPE_RAW, "hep"), (LINKTYPE_ETHERNET, "hep-no-agent-id")):
+        out = io.BytesIO()
+        PcapngWriter(out, linktype).close()
+        blocks = parse_pcapng(out.getvalue())
+        assert [b.type for b in blocks] == [0x0A0D0D0A, 1]
+        assert idb(blocks[1])[:3] == (linktype, SNAPLEN, name)
 
 
 def test_scapy_reads_our_pcapng() -> None:
@@ -358,9 +366,9 @@ def test_huge_node_name_does_not_crash_the_run() -> None:
         )
         assert stats.written == 1
         blocks = parse_pcapng(out.getvalue())
-        assert [b.type for b in blocks] == [0x0A0D0D0A, 1, 6]
-        assert len(idb(blocks[1])[3].encode()) <= 65535
-        assert len(epb(blocks[2]).comments) == (1 if comments else 0)
+        assert [b.type for b in blocks] == [0x0A0D0D0A, 1, 1, 6]
+        assert len(idb(blocks[2])[3].encode()) <= 65535
+        assert len(epb(blocks[3]).comments) == (1 if comments else 0)
 
 
 def test_pipeline_into_pcapng_read_by_scapy() -> None:

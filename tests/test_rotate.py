@@ -85,14 +85,14 @@ def test_indexed_names() -> None:
 def test_plain_file_is_valid_after_each_flush(tmp_path: Path) -> None:
     path = tmp_path / "out.pcapng"
     w = RotatingWriter(str(path), LINKTYPE_ETHERNET)
-    assert read_file(path) == []  # the SHB is on disk from the start
+    assert read_file(path) == []  # the SHB and first IDB are on disk from the start
     _write(w, 3)
     w.flush()
     assert len(read_file(path)) == 3
     _write(w, 2, agent=None)
     w.close()
     packets = read_file(path)
-    assert [p[0] for p in packets] == [0, 0, 0, 1, 1]
+    assert [p[0] for p in packets] == [1, 1, 1, 0, 0]  # interface 0: no agent id
     assert w.files_opened == 1
 
 

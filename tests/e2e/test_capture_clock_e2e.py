@@ -31,15 +31,6 @@ def with_record_times(tmp_path: Path, first_s: int) -> Path:
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "record times at the Unix epoch (capture clock never set) are used as the reference "
-        "for HEP timestamp plausibility: every correct HEP time is 'more than a day after' "
-        "1970 and dropped as bad_timestamp (read 5, wrote 0); an implausible reference "
-        "(before 2000-01-01) should be ignored"
-    ),
-)
 def test_capture_clock_at_epoch_keeps_hep_times(
     tmp_path: Path, tshark: str, wireshark_env: dict[str, str]
 ) -> None:

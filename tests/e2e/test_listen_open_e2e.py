@@ -76,13 +76,6 @@ def listener(tmp_path: Path) -> Iterator[tuple[Listener, Path]]:
         lst.proc.communicate(timeout=TIMEOUT_S)  # reaps it and closes the stderr pipe
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "before the first packet the live file is an SHB alone; libpcap (sngrep) refuses it: "
-        "'the capture file has no Interface Description Blocks'"
-    ),
-)
 def test_live_file_opens_before_the_first_packet(
     listener: tuple[Listener, Path], tmp_path: Path, sngrep: str
 ) -> None:
