@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import struct
 import subprocess
 import sys
@@ -37,8 +38,8 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from hep2pcap import __version__, hep, pcapng, pipeline
 from hep2pcap import frames as F
+from hep2pcap import hep, pcapng, pipeline
 
 HEP3 = struct.Struct("!4sH")
 CHUNK = struct.Struct("!HHH")
@@ -56,6 +57,37 @@ _MAX_TS_S = hep.NTP_EPOCH_OFFSET_S
 _MIN_TS_S = hep.MIN_PLAUSIBLE_S
 _TCP_PROTOS = frozenset(int(p) for p in F.TCP_PROTOS)
 _KNOWN_PROTOS = hep.KNOWN_IP_PROTOS
+
+
+class PackageInterfaces:
+    """Interface numbers and IDB bytes exactly as the package's own PcapngWriter makes them.
+
+    The prototypes must write what ``hep2pcap convert`` writes, and how interfaces are
+    numbered is the package's business (it changes: e.g. interface 0 up front). So a real
+    PcapngWriter writes into memory; for a new agent one empty packet is written through it,
+    and the blocks before that packet (new IDBs) and its interface number are taken.
+    """
+
+    def __init__(self, linktype: int = F.LINKTYPE_ETHERNET) -> None:
+        self._sink = io.BytesIO()
+        self._writer = pcapng.PcapngWriter(self._sink, linktype)
+        self.header = self._take()  # SHB and any interfaces written up front
+
+    def _take(self) -> bytes:
+        data = self._sink.getvalue()
+        self._sink.seek(0)
+        self._sink.truncate()
+        return data
+
+    def get(self, agent: int | None, node: str | None) -> tuple[int, bytes]:
+        """(interface number of ``agent``, blocks to write before its first packet)."""
+        self._writer.write_packet(agent, node, 0, b"", None)
+        data = self._take()
+        pos = last = 0
+        while pos < len(data):
+            last = pos
+            pos += struct.unpack_from("<I", data, pos + 4)[0]
+        return struct.unpack_from("<I", data, last + 8)[0], data[:last]
 
 
 class Layout:
@@ -104,9 +136,8 @@ def convert(
 ) -> dict[str, Any]:  # fmt: skip
     """Convert one raw HEPv3 dump; return counters."""
     out = open(dst, "wb", buffering=1 << 20)  # noqa: SIM115
-    out.write(pcapng.encode_shb(f"hep2pcap {__version__}"))
-    linktype = F.LINKTYPE_ETHERNET
-    snaplen = pcapng.SNAPLEN
+    pif = PackageInterfaces(F.LINKTYPE_ETHERNET)
+    out.write(pif.header)
     ifaces: dict[int | None, int] = {}
     comment_opt: dict[tuple[Any, ...], bytes] = {}
     dcache: dict[tuple[bytes, bytes, int, int, bool], tuple[Any, ...]] = {}
@@ -132,13 +163,9 @@ def convert(
         tcp, src_ip, dst_ip, sport, dport, payload, agent, node, ckey, msg = rec
         iface = ifaces.get(agent)
         if iface is None:
-            iface = ifaces[agent] = len(ifaces)
-            blocks.append(
-                pcapng.encode_idb(
-                    linktype, snaplen, pcapng.interface_name(agent),
-                    pcapng.interface_description(agent, node),
-                )
-            )  # fmt: skip
+            iface, idbs = pif.get(agent, node)
+            ifaces[agent] = iface
+            blocks.append(idbs)
         okey = (iface, ckey) if ckey is not None else None
         opt = comment_opt.get(okey) if okey is not None else None
         if opt is None:

@@ -37,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fused import _digest
+from fused import PackageInterfaces, _digest
 from template import (
     _MAX_S,
     _MIN_S,
@@ -58,8 +58,8 @@ from template import (
     _table,
 )
 
-from hep2pcap import __version__, hep, pcapng, pipeline
 from hep2pcap import frames as F
+from hep2pcap import hep, pcapng, pipeline
 
 RANGE_BYTES = 2 << 20
 
@@ -224,7 +224,8 @@ def convert(
 ) -> dict[str, Any]:  # fmt: skip
     """Convert one raw HEPv3 dump with ``workers`` decoding processes."""
     out = open(dst, "wb", buffering=1 << 20)  # noqa: SIM115
-    out.write(pcapng.encode_shb(f"hep2pcap {__version__}"))
+    pif = PackageInterfaces(F.LINKTYPE_ETHERNET)
+    out.write(pif.header)
     ifaces: dict[Any, int] = {}
     dcache: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     next_seq: dict[tuple[bytes, int, bytes, int], int] = {}
@@ -243,13 +244,9 @@ def convert(
         agent, node = gagents[ag_a[i]]
         iface = ifaces.get(agent)
         if iface is None:
-            iface = ifaces[agent] = len(ifaces)
-            blocks.append(
-                pcapng.encode_idb(
-                    F.LINKTYPE_ETHERNET, pcapng.SNAPLEN, pcapng.interface_name(agent),
-                    pcapng.interface_description(agent, node),
-                )
-            )  # fmt: skip
+            iface, idbs = pif.get(agent, node)
+            ifaces[agent] = iface
+            blocks.append(idbs)
         tcp, src_ip, dst_ip, sport, dport, dmac, smac, ip_const, l4_const = gdirs[dir_a[i]]
         plen = len_a[i]
         pres = res_a[i]

@@ -39,10 +39,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fused import _digest
+from fused import PackageInterfaces, _digest
 
-from hep2pcap import __version__, hep, pcapng, pipeline
 from hep2pcap import frames as F
+from hep2pcap import hep, pcapng, pipeline
 
 HEP3 = struct.Struct("!4sH")
 CHUNK = struct.Struct("!HHH")
@@ -100,7 +100,8 @@ def convert(
     """Convert one raw HEPv3 dump; return counters."""
     out = open(dst, "wb", buffering=0)  # noqa: SIM115
     fd = out.fileno()
-    bufs: list[bytes] = [pcapng.encode_shb(f"hep2pcap {__version__}")]
+    pif = PackageInterfaces(F.LINKTYPE_ETHERNET)
+    bufs: list[bytes] = [pif.header]
     ifaces: dict[Any, int] = {}
     opts: dict[tuple[Any, ...], bytes] = {}
     padopts: dict[tuple[bytes, int], bytes] = {}
@@ -151,13 +152,9 @@ def convert(
          rkey) = d  # fmt: skip
         iface = ifaces.get(agent)
         if iface is None:
-            iface = ifaces[agent] = len(ifaces)
-            bufs.append(
-                pcapng.encode_idb(
-                    F.LINKTYPE_ETHERNET, pcapng.SNAPLEN, pcapng.interface_name(agent),
-                    pcapng.interface_description(agent, node),
-                )
-            )  # fmt: skip
+            iface, idbs = pif.get(agent, node)
+            ifaces[agent] = iface
+            bufs.append(idbs)
         plen = len(payload)
         pres = int.from_bytes(payload, "big") % 0xFFFF
         if plen & 1:
