@@ -172,6 +172,11 @@ def _options(
     metavar="SECONDS",
     help="Reorder window in seconds of HEP time.",
 )  # fmt: skip
+@click.option(
+    "--hep-port", "hep_ports", multiple=True, type=click.IntRange(1, 65535), metavar="PORT",
+    help="In pcaps, UDP/TCP port carrying HEP (v1/v2 need it; HEP3 is found on any port). "
+    "Repeatable; default 9060.",
+)  # fmt: skip
 @click.option("--strict", is_flag=True, help="Fail (exit 1) on the first malformed message.")
 @click.option(
     "--lenient", is_flag=True,
@@ -188,6 +193,7 @@ def convert_cmd(
     include_types: tuple[str, ...],
     window_s: float,
     use_receive_time: bool,
+    hep_ports: tuple[int, ...],
     strict: bool,
     lenient: bool,
     verbose: bool,
@@ -208,7 +214,10 @@ def convert_cmd(
     counters: list[ByteCounter] = []
     try:
         with ExitStack() as stack:
-            sources = open_inputs(inputs, stack, counters, lenient=lenient)
+            sources = open_inputs(
+                inputs, stack, counters, lenient=lenient,
+                hep_ports=frozenset(hep_ports) if hep_ports else None,
+            )  # fmt: skip
             out = _open_output(output, stack)
             writer: PacketWriter
             if fmt == "pcap":

@@ -584,6 +584,8 @@ def _decode_v12(data: bytes, ref_time_us: int | None, options: DecodeOptions) ->
             ts_us = repair_timestamp(sec, usec, ref_time_us, warnings)
         except DecodeError as exc:
             raise DecodeError(exc.reason, addr_end, exc.detail) from None
+    else:
+        warnings.append(Reason.TS_RECEIVE_TIME)  # HEPv1 has no time: the caller's is used
     payload = data[fixed:]
     if not payload:
         raise DecodeError(Reason.EMPTY_PAYLOAD, fixed, "payload is empty")

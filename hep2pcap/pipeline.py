@@ -172,16 +172,16 @@ class _Reporter:
 
     def reject(self, reason: Reason, where: str, detail: str) -> None:
         skipped = self.stats.reject(reason)
-        self._log(reason, where, detail, skipped)
-        if self.strict and not skipped:
+        if self.strict and not skipped:  # the error itself is the message: no log line too
             raise StrictError(f"{where}: {reason.value}: {detail} (--strict)")
+        self._log(reason, where, detail, skipped)
 
     def input_problem(self, problem: Problem, where: str) -> None:
         skipped = problem.reason in SKIP_REASONS
         self.stats.input_problems[problem.reason] += 1
-        self._log(problem.reason, where, problem.detail, skipped)
         if self.strict and not skipped:
             raise StrictError(f"{where}: {problem.reason.value}: {problem.detail} (--strict)")
+        self._log(problem.reason, where, problem.detail, skipped)
 
     def _log(self, reason: Reason, where: str, detail: str, quiet: bool) -> None:
         seen = self.logged.get(reason, 0)

@@ -261,3 +261,32 @@ def test_eep3_dump_needs_lenient(tmp_path: Path) -> None:
     code, stdout, stderr = _run(["convert", str(eep), "-w", "-", "--lenient"])
     assert (code, _epb_count(stdout)) == (0, 1)
     assert "eep_alias=1" in stderr
+
+
+def test_hep_port_for_hepv1_on_another_port(tmp_path: Path) -> None:
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    v1 = hep.encode(hep.HepMessage(1, 17, A, B, 5060, 5060, None, INVITE))
+    pkt = Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=40000, dport=5555) / v1
+    pkt.time = T0 / 1e6
+    src = tmp_path / "v1.pcap"
+    wrpcap(str(src), [pkt])
+    code, stdout, stderr = _run(["convert", str(src), "-w", "-"])
+    assert (code, _epb_count(stdout)) == (0, 0)
+    assert "not_hep=1" in stderr
+    code, stdout, stderr = _run(["convert", str(src), "-w", "-", "--hep-port", "5555"])
+    assert (code, _epb_count(stdout)) == (0, 1)
+    assert "ts_receive_time=1" in stderr  # HEPv1 carries no time: the capture time is used
+    assert b"notes: ts_receive_time" in stdout
+
+
+def test_strict_error_is_printed_once(tmp_path: Path) -> None:
+    path = tmp_path / "bad.hep"
+    bad = bytearray(_msg(OK, T0))
+    bad[6:12] = b"\x00\x00\x00\x00\x00\x00"  # chunk type 0: a malformed message
+    path.write_bytes(bytes(bad))
+    code, _, stderr = _run(["convert", str(path), "-w", "-", "--strict"])
+    assert code == 1
+    assert stderr.count("chunk_") == 1, stderr

@@ -269,13 +269,13 @@ def test_v1_ipv4_golden() -> None:
     msg = decode(V1_IPV4)
     assert msg == HepMessage(1, 17, ip("192.0.2.1"), ip("192.0.2.2"), 5060, 5080, None, REPLY)
     assert msg.capture_id is None
-    assert msg.warnings == ()
+    assert msg.warnings == (Reason.TS_RECEIVE_TIME,)  # v1 has no time: the caller's is used
 
 
 def test_v1_ipv6_golden() -> None:
     msg = decode(V1_IPV6)
     assert msg == HepMessage(1, 6, ip("2001:db8::1"), ip("2001:db8::2"), 5060, 5080, None, REPLY)
-    assert msg.warnings == ()
+    assert msg.warnings == (Reason.TS_RECEIVE_TIME,)
 
 
 def test_v2_ipv4_golden() -> None:
@@ -789,7 +789,7 @@ def test_v12_bad_family(family: int) -> None:
 def test_v12_header_length_warns() -> None:
     msg = decode(V1_IPV4[:1] + b"\x99" + V1_IPV4[2:])
     assert msg == decode(V1_IPV4)
-    assert msg.warnings == (Reason.V12_HEADER_LENGTH,)
+    assert msg.warnings == (Reason.V12_HEADER_LENGTH, Reason.TS_RECEIVE_TIME)
 
 
 @pytest.mark.parametrize(

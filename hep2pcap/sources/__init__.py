@@ -84,6 +84,7 @@ def open_input(
     counters: list[ByteCounter] | None = None,
     *,
     lenient: bool = False,
+    hep_ports: frozenset[int] | None = None,
 ) -> Source:
     """Open one input and return the source that reads it.
 
@@ -93,6 +94,8 @@ def open_input(
         counters: if given, a byte counter for this input is appended (progress display).
         lenient: raw dumps may use the "EEP3" alias and are resynchronised at the next
             magic after a framing error.
+        hep_ports: pcap inputs: ports whose UDP/TCP traffic is HEP even without a "HEP3"
+            start (HEPv1/v2); ``None`` keeps the reader's default (9060).
 
     Raises:
         InputError: unreadable, or not a format hep2pcap reads (one clear line).
@@ -115,7 +118,7 @@ def open_input(
             stream = Prepended(head, unzipped)
     except (OSError, EOFError) as exc:
         raise InputError(f"{name}: cannot read: {exc}") from exc
-    return _detect(name, head, stream, lenient)
+    return _detect(name, head, stream, lenient, hep_ports)
 
 
 class Guarded:
@@ -185,11 +188,15 @@ class Gunzip:
         return out
 
 
-def _detect(name: str, head: bytes, stream: Readable, lenient: bool) -> Source:
+def _detect(
+    name: str, head: bytes, stream: Readable, lenient: bool, hep_ports: frozenset[int] | None
+) -> Source:
     if head in PCAP_MAGICS or head == PCAPNG_MAGIC:
         from .pcapfile import PcapSource  # only pcap inputs pay for this import
 
-        return PcapSource(name, stream)
+        if hep_ports is None:
+            return PcapSource(name, stream)
+        return PcapSource(name, stream, hep_ports=hep_ports)
     if head[:4] == b"EEP3" and not lenient:
         raise InputError(f"{name}: starts with the 'EEP3' alias of HEP3; --lenient accepts it")
     if head[:4] in (b"HEP3", b"EEP3") or not head:
@@ -211,6 +218,7 @@ def open_inputs(
     counters: list[ByteCounter] | None = None,
     *,
     lenient: bool = False,
+    hep_ports: frozenset[int] | None = None,
 ) -> list[Source]:
     """Open every input up front, so a bad path fails before anything is written."""
-    return [open_input(p, stack, counters, lenient=lenient) for p in paths]
+    return [open_input(p, stack, counters, lenient=lenient, hep_ports=hep_ports) for p in paths]
