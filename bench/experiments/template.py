@@ -95,7 +95,7 @@ def _regions(data: bytes, pos: int, end: int) -> tuple[int, int] | None:
 
 def convert(
     src: Path, dst: Path, *, writev: bool = True, window_us: int = 2_000_000,
-    max_pending: int = 100_000,
+    max_pending: int = 100_000, max_templates: int = 1 << 62,
 ) -> dict[str, Any]:  # fmt: skip
     """Convert one raw HEPv3 dump; return counters."""
     out = open(dst, "wb", buffering=0)  # noqa: SIM115
@@ -127,6 +127,8 @@ def convert(
         key = (tcp, msg.src_ip, msg.dst_ip, msg.src_port, msg.dst_port, msg.ip_proto)
         d = dirs.get(key)
         if d is None:
+            if len(dirs) >= max_templates:
+                dirs.clear()  # a bound, not an LRU: a forgotten direction is rebuilt
             s, t, sp, dp = msg.src_ip, msg.dst_ip, msg.src_port, msg.dst_port
             addr_sum = F.ones_sum(s + t)
             l4 = 6 if tcp else 17
@@ -300,6 +302,8 @@ def convert(
                         if shape is not None:
                             r1len, r2len = shape
                             c1 = _table(r1s, r1len)
+                            if len(c1) >= max_templates:
+                                c1.clear()
                             c1[data[pos + 6 : pos + 6 + r1len]] = d
                             q = pos + 6 + r1len + 20
                             c = _table(r2s, r2len)
@@ -341,9 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dst", type=Path)
     ap.add_argument("--join", action="store_true", help="join + write instead of os.writev")
     ap.add_argument("--check", action="store_true", help="compare with hep2pcap convert")
+    ap.add_argument("--max-templates", type=int, default=1 << 62,
+                    help="bound each template table (cleared when full)")  # fmt: skip
     args = ap.parse_args(argv)
     t0, c0 = time.perf_counter(), time.process_time()
-    stats = convert(args.src, args.dst, writev=not args.join)
+    stats = convert(args.src, args.dst, writev=not args.join, max_templates=args.max_templates)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(f"{stats}  wall {wall:.2f} s, CPU {cpu:.2f} s, {stats['written'] / wall:,.0f} msg/s")
     if args.check:
