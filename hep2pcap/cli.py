@@ -33,11 +33,15 @@ def cli() -> None:
     """Turn HEP (Homer Encapsulation Protocol) into pcapng for Wireshark and sngrep."""
 
 
+#: Output buffer: fewer, larger writes (each pcapng block is one write call).
+OUTPUT_BUFFER = 1 << 20
+
+
 def _open_output(path: str, stack: ExitStack) -> BinaryIO:
     if path == "-":
         return sys.stdout.buffer
     try:
-        return stack.enter_context(open(path, "wb"))
+        return stack.enter_context(open(path, "wb", buffering=OUTPUT_BUFFER))
     except OSError as exc:
         raise Hep2PcapError(f"{path}: cannot write: {exc.strerror or exc}") from exc
 

@@ -14,6 +14,7 @@ import heapq
 import hmac
 import itertools
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from heapq import heappop, heappush
@@ -278,33 +279,45 @@ class Converter:
         self.options = options
         self.stats = stats
         self.builder = FrameBuilder(options.linktype)
+        # The window holds messages in two parts: a run of messages that arrived in time
+        # order (the usual case: a deque, O(1) per message) and a heap of the others.
+        self._run: deque[tuple[int, int, HepMessage]] = deque()
         self._heap: list[tuple[int, int, HepMessage]] = []
         self._newest = -1
         self._last_written = -1
 
     def push(self, item: tuple[int, int, HepMessage]) -> None:
         """Add a message; write every message now older than the window."""
-        heap = self._heap
-        heappush(heap, item)
+        run = self._run
+        if not run or item > run[-1]:  # (ts, arrival): arrival numbers are unique
+            run.append(item)
+        else:
+            heappush(self._heap, item)
         ts = item[0]
         if ts > self._newest:
             self._newest = ts
-        horizon = self._newest - self.options.window_us
-        while heap and (heap[0][0] <= horizon or len(heap) > self.options.max_pending):
-            self._write(heappop(heap))
+        self._drain(self._newest - self.options.window_us, self.options.max_pending)
 
     def drain_until(self, now_us: int) -> None:
         """Live: write what has waited a whole window of wall time (HEP time assumed ~wall)."""
-        heap = self._heap
-        horizon = now_us - self.options.window_us
-        while heap and heap[0][0] <= horizon:
-            self._write(heappop(heap))
+        self._drain(now_us - self.options.window_us, self.options.max_pending)
 
     def finish(self) -> None:
         """Write everything still held, in time order."""
-        heap = self._heap
-        while heap:
-            self._write(heappop(heap))
+        self._drain(None, 0)
+
+    def _drain(self, horizon: int | None, keep_at_most: int) -> None:
+        # Write, oldest first, every message at or before the horizon (None: all), and
+        # more while more than keep_at_most are held.
+        run, heap, write = self._run, self._heap, self._write
+        held = len(run) + len(heap)
+        while held:
+            from_heap = bool(heap) and (not run or heap[0] < run[0])
+            oldest = heap[0] if from_heap else run[0]
+            if horizon is not None and oldest[0] > horizon and held <= keep_at_most:
+                return
+            write(heappop(heap) if from_heap else run.popleft())
+            held -= 1
 
     def _write(self, item: tuple[int, int, HepMessage]) -> None:
         ts, _, msg = item
