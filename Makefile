@@ -34,9 +34,9 @@ run: install
 	$(VENV)/bin/hep2pcap convert $(SAMPLE) -w $(OUT)
 	@echo "--- $(OUT) (tshark, if installed):"
 	@if command -v tshark >/dev/null; then \
-	  tshark -r $(OUT) -T fields -E header=y -e frame.number -e frame.time_epoch -e ip.src -e ipv6.src \
-	    -e _ws.col.Protocol -e tcp.srcport -e udp.srcport -e ip.dst -e ipv6.dst -e tcp.dstport -e udp.dstport \
-	    -e _ws.col.Info 2>/dev/null; \
+	  tshark -r $(OUT) -t ad -o tcp.check_checksum:TRUE -o udp.check_checksum:TRUE 2>/dev/null; \
+	  echo "--- packet comments (what HEP said):"; \
+	  tshark -r $(OUT) -T fields -e frame.number -e frame.interface_name -e frame.comment 2>/dev/null; \
 	else echo "(tshark not installed: 'make tools' installs it)"; fi
 
 test: install-dev tools lint type unit e2e
