@@ -22,13 +22,16 @@ install: $(PY)
 install-dev: $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
 
-# tshark and sngrep are what the end-to-end tests check our output with. Installed with
-# apt-get when missing and we are root; tshark's debconf question is answered up front.
+# tshark and sngrep are what the end-to-end tests check our output with (openssl makes the
+# TLS listener's test certificate). Installed with apt-get when missing and we are root;
+# tshark's debconf question is answered up front.
+TOOLS := tshark sngrep openssl
 tools:
-	@if command -v tshark >/dev/null && command -v sngrep >/dev/null; then exit 0; fi; \
-	if [ "$$(id -u)" != 0 ]; then echo "tshark/sngrep missing: run 'sudo apt-get install tshark sngrep'"; exit 0; fi; \
+	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "missing:$$missing; run: sudo apt-get install$$missing"; exit 0; fi; \
 	echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections; \
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark sngrep >/dev/null
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null
 
 run: install
 	$(VENV)/bin/hep2pcap convert $(SAMPLE) -w $(OUT)
