@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 SAMPLE ?= fixtures/hep/sample-call.hep
 OUT    ?= /tmp/hep2pcap-sample.pcapng
 
-.PHONY: help install install-dev tools run test lint type unit e2e fmt docs golden bench fuzz clean
+.PHONY: help install install-dev tools run test lint type unit e2e fmt docs golden bench clean
 
 help:
 	@echo "make run      set up .venv, convert $(SAMPLE) and show what is in it"
@@ -69,9 +69,6 @@ golden: install
 
 bench: install-dev tools
 	$(PY) bench/run.py
-
-fuzz: install-dev
-	$(PY) tests/fuzz.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
