@@ -290,3 +290,21 @@ def test_strict_error_is_printed_once(tmp_path: Path) -> None:
     code, _, stderr = _run(["convert", str(path), "-w", "-", "--strict"])
     assert code == 1
     assert stderr.count("chunk_") == 1, stderr
+
+
+def test_reader_closing_stdout_ends_quietly(tmp_path: Path) -> None:
+    # `hep2pcap convert big.hep -w - | head -c 1000`: exit 0, nothing on stderr.
+    big = tmp_path / "big.hep"
+    big.write_bytes(b"".join(_msg(INVITE + b"x" * 1000, T0 + i) for i in range(3000)))
+    conv = subprocess.Popen(
+        [sys.executable, "-m", "hep2pcap", "convert", str(big), "-w", "-"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert conv.stdout is not None
+    head = conv.stdout.read(1000)
+    conv.stdout.close()
+    _, err = conv.communicate(timeout=60)
+    assert len(head) == 1000
+    assert conv.returncode == 0
+    assert err == b""
