@@ -15,6 +15,8 @@ import struct
 from typing import BinaryIO, Protocol
 
 BLOCK_TYPE_SHB = 0x0A0D0D0A
+#: The SHB block type as bytes: the first four bytes of every pcapng file, in either byte order.
+PCAPNG_MAGIC = BLOCK_TYPE_SHB.to_bytes(4, "big")
 BLOCK_TYPE_IDB = 0x00000001
 BLOCK_TYPE_EPB = 0x00000006
 BYTE_ORDER_MAGIC = 0x1A2B3C4D

@@ -14,13 +14,13 @@ from contextlib import ExitStack
 from typing import BinaryIO, Protocol
 
 from ..errors import InputError
+from ..pcapng import PCAPNG_MAGIC
 from ..pipeline import Source
 from .rawfile import RawHepSource
 
 log = logging.getLogger("hep2pcap")
 
 PCAP_MAGICS = frozenset(bytes.fromhex(m) for m in ("a1b2c3d4", "d4c3b2a1", "a1b23c4d", "4d3cb2a1"))
-PCAPNG_MAGIC = bytes.fromhex("0a0d0d0a")
 GZIP_MAGIC = b"\x1f\x8b"
 
 

@@ -27,7 +27,17 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Literal
 
 from ..errors import DecodeError, InputError, Reason
+from ..frames import ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPPROTO_TCP, IPPROTO_UDP
 from ..hep import AF_INET, AF_INET6_VALUES, EEP3_MAGIC, HEP3_MAGIC
+from ..pcapng import (
+    BLOCK_TYPE_EPB,
+    BLOCK_TYPE_IDB,
+    BLOCK_TYPE_SHB,
+    LINKTYPE_ETHERNET,
+    LINKTYPE_RAW,
+    PCAP_MAGIC_US,
+    PCAPNG_MAGIC,
+)
 from ..pipeline import Problem, Record
 from ..stream import HepDeframer
 from . import read_up_to
@@ -39,7 +49,6 @@ READ_SIZE = 1024 * 1024
 
 # --- container formats --------------------------------------------------------------------
 
-PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
 #: pcap global header after the magic: major, minor, thiszone, sigfigs, snaplen, linktype.
 PCAP_HEADER_LE = struct.Struct("<HHiIII")
@@ -49,12 +58,8 @@ PCAP_HEADER_SIZE = 24
 PCAP_RECORD_LE = struct.Struct("<IIII")
 PCAP_RECORD_BE = struct.Struct(">IIII")
 
-BLOCK_TYPE_SHB = 0x0A0D0D0A
-PCAPNG_MAGIC = bytes.fromhex("0a0d0d0a")  # the SHB block type reads the same in both orders
-BLOCK_TYPE_IDB = 0x00000001
 BLOCK_TYPE_PB = 0x00000002  # obsolete Packet Block
 BLOCK_TYPE_SPB = 0x00000003
-BLOCK_TYPE_EPB = 0x00000006
 PCAPNG_BOM_LE = bytes.fromhex("4d3c2b1a")
 PCAPNG_BOM_BE = bytes.fromhex("1a2b3c4d")
 #: pcapng generic block header: block type, block total length.
@@ -87,18 +92,14 @@ MAX_CAPLEN = 256 * 1024
 # --- link types (tcpdump.org LINKTYPE_* values, not platform DLT_* values) ----------------
 
 LINKTYPE_NULL = 0
-LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW_DLT12 = 12  # DLT_RAW as written by some writers on most BSDs
 LINKTYPE_RAW_DLT14 = 14  # DLT_RAW as written on OpenBSD
-LINKTYPE_RAW = 101
 LINKTYPE_LOOP = 108
 LINKTYPE_LINUX_SLL = 113
 LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
 LINKTYPE_LINUX_SLL2 = 276
 
-ETHERTYPE_IPV4 = 0x0800
-ETHERTYPE_IPV6 = 0x86DD
 #: 802.1Q, 802.1ad (QinQ) and the pre-standard QinQ tag protocol identifiers.
 VLAN_TPIDS = frozenset({0x8100, 0x88A8, 0x9100})
 ETH_HEADER_SIZE = 14
@@ -115,8 +116,6 @@ IPV6_HEADER = struct.Struct("!IHBB16s16s")
 UDP_HEADER = struct.Struct("!HHH")
 #: TCP header: ports, sequence, acknowledgment, data offset + flags.
 TCP_HEADER = struct.Struct("!HHIIH")
-IPPROTO_TCP = 6
-IPPROTO_UDP = 17
 IPV6_HOPOPTS = 0
 IPV6_ROUTING = 43
 IPV6_FRAGMENT = 44
