@@ -33,23 +33,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from hep2pcap.hep import AF_INET, AF_INET6_LINUX, CHUNK_HEADER, HEP3_HEADER
+from hep2pcap.pcapng import (
+    LINKTYPE_ETHERNET,
+    PCAP_FILE_HEADER,
+    PCAP_MAGIC_US,
+    PCAP_RECORD_HEADER,
+)
+
 #: Bump when the output of a given (N, seed) changes, so cached files are not reused.
 GEN_VERSION = 1
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
 # --- wire formats (HEP-SPEC §3; libpcap; RFC 791 / 768) ----------------------------------
-HEP3_HEADER = struct.Struct("!4sH")
-CHUNK = struct.Struct("!HHH")
 #: TS_SEC (0x0009) and TS_USEC (0x000a) chunks, both 4-byte values.
 TS_CHUNKS = struct.Struct("!HHHIHHHI")
-PCAP_FILE_HEADER = struct.Struct("<IHHiIII")
-PCAP_RECORD = struct.Struct("<IIII")
 ETH_IPV4_UDP = struct.Struct("!6s6sH BBHHHBBH4s4s HHHH")
-PCAP_MAGIC_US = 0xA1B2C3D4
-LINKTYPE_ETHERNET = 1
 HEP_PORT = 9060
 
-AF_INET, AF_INET6 = 2, 10
 PROTO_UDP, PROTO_TCP, PROTO_TLS = 17, 6, 22
 #: 2026-01-01T00:00:00Z: every HEP time is after this.
 EPOCH_S = 1_767_225_600
@@ -64,7 +65,7 @@ COLLECTOR_MAC = bytes.fromhex("02000a630064")
 
 
 def _chunk(ctype: int, value: bytes) -> bytes:
-    return CHUNK.pack(0, ctype, CHUNK.size + len(value)) + value
+    return CHUNK_HEADER.pack(0, ctype, CHUNK_HEADER.size + len(value)) + value
 
 
 def ones_residue(data: bytes) -> int:
@@ -376,7 +377,7 @@ def iter_workload(n: int, seed: int, summary: Summary) -> Iterator[tuple[int, Ag
             src, dst = (ua.ip, sbc_ip) if from_ua else (sbc_ip, ua.ip)
             sp, dp = (ua.port, sbc_port) if from_ua else (sbc_port, ua.port)
             p = prefixes[key] = (
-                _chunk(0x0001, bytes([AF_INET6 if six else AF_INET]))
+                _chunk(0x0001, bytes([AF_INET6_LINUX if six else AF_INET]))
                 + _chunk(0x0002, bytes([ua.proto]))
                 + _chunk(0x0005 if six else 0x0003, src)
                 + _chunk(0x0006 if six else 0x0004, dst)
@@ -426,7 +427,7 @@ def iter_workload(n: int, seed: int, summary: Summary) -> Iterator[tuple[int, Ag
                 prefix(i, ua, agent, from_ua),
                 ts_chunks(0, 0x0009, 10, sec, 0, 0x000A, 10, usec),
                 agent.tail,
-                CHUNK.pack(0, 0x000F, CHUNK.size + len(payload)),
+                CHUNK_HEADER.pack(0, 0x000F, CHUNK_HEADER.size + len(payload)),
                 payload,
             )
         )
@@ -492,7 +493,7 @@ class PcapHepWriter:
         flen = len(frame_head) + len(hep)
         # The collector receives it 200 us after the agent's clock says it was sent.
         sec, usec = divmod(ts_us + 200, 1_000_000)
-        self._out.write(PCAP_RECORD.pack(sec, usec, flen, flen) + frame_head + hep)
+        self._out.write(PCAP_RECORD_HEADER.pack(sec, usec, flen, flen) + frame_head + hep)
 
 
 def paths(n: int, seed: int, data_dir: Path = DATA_DIR) -> tuple[Path, Path, Path]:
