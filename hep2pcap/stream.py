@@ -23,8 +23,9 @@ class HepDeframer:
     Args:
         lenient: also frame messages that start with the "EEP3" alias.
         resync: after a framing error, skip to the next magic instead of failing; each
-            resynchronisation is reported once in ``problems`` (to be taken by the caller)
-            and ``starts`` lists the stream offset of every message returned by ``feed``.
+            resynchronisation is reported once in ``problems`` (to be taken by the caller).
+
+    After each ``feed()``, ``starts`` lists the stream offset of every message it returned.
     """
 
     __slots__ = (
@@ -68,8 +69,7 @@ class HepDeframer:
         """
         if self._failed is not None:
             raise self._raise_failed()
-        if self._resync:
-            self.starts = []
+        starts = self.starts = []
         if self._parts:
             self._parts.append(data)
             self._have += len(data)
@@ -93,6 +93,7 @@ class HepDeframer:
                 return self._fail(out, buf, pos, magic, total)
             if size - pos < total:
                 break
+            starts.append(self.offset + pos)
             out.append(buf[pos : pos + total])
             pos += total
         tail = bytes(buf[pos : pos + 4])

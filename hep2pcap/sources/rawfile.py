@@ -39,22 +39,16 @@ class RawHepSource:
             block = read(READ_SIZE)
             if not block:
                 break
-            pos = deframer.offset
             try:
                 messages = deframer.feed(block)
             except DecodeError as exc:
                 yield Problem(exc.reason, exc.offset, exc.detail)
                 return
-            if lenient:
-                for skipped in deframer.problems:
-                    yield Problem(skipped.reason, skipped.offset, skipped.detail)
-                deframer.problems.clear()
-                for msg, start in zip(messages, deframer.starts, strict=True):
-                    yield Record(msg, None, start)
-                continue
-            for msg in messages:
-                yield Record(msg, None, pos)
-                pos += len(msg)
+            for skipped in deframer.problems:  # --lenient: bytes skipped to the next HEP3
+                yield Problem(skipped.reason, skipped.offset, skipped.detail)
+            deframer.problems.clear()
+            for msg, start in zip(messages, deframer.starts, strict=True):
+                yield Record(msg, None, start)
         try:
             deframer.eof()
         except DecodeError as exc:
