@@ -294,6 +294,12 @@ def _find_hep3_start(buf: bytes, trusted: bool) -> tuple[int, int]:
     return -1, max(size - 3, 0)
 
 
+def _ends_inside(left: int, pos: int, what: str) -> Iterator[Problem]:
+    """End of file: a problem if it came inside a header (``left`` bytes of it)."""
+    if left:
+        yield Problem(Reason.PCAP_TRUNCATED_RECORD, pos, f"file ends {left} bytes into a {what}")
+
+
 class PcapSource:
     """Records from a pcap or pcapng file of HEP traffic over UDP or TCP.
 
@@ -432,13 +438,7 @@ class PcapSource:
             buf, off = src.buf, src.off
             if len(buf) - off < 16:
                 if not src.fill(16):
-                    left = src.available
-                    if left:
-                        yield Problem(
-                            Reason.PCAP_TRUNCATED_RECORD,
-                            pos + 1,
-                            f"file ends {left} bytes into a record header",
-                        )
+                    yield from _ends_inside(src.available, pos + 1, "record header")
                     return
                 buf, off = src.buf, 0
             sec, frac, caplen, origlen = unpack(buf, off)
@@ -492,13 +492,7 @@ class PcapSource:
             buf, off = src.buf, src.off
             if len(buf) - off < 12:
                 if not src.fill(12):
-                    left = src.available
-                    if left:
-                        yield Problem(
-                            Reason.PCAP_TRUNCATED_RECORD,
-                            pos + 1,
-                            f"file ends {left} bytes into a block header",
-                        )
+                    yield from _ends_inside(src.available, pos + 1, "block header")
                     return
                 buf, off = src.buf, 0
             btype, blen = header.unpack_from(buf, off)
