@@ -5,12 +5,14 @@ PY     := $(VENV)/bin/python
 SAMPLE ?= fixtures/hep/sample-call.hep
 OUT    ?= /tmp/hep2pcap-sample.pcapng
 
-.PHONY: help install install-dev tools run test lint type unit e2e fmt docs golden bench clean
+.PHONY: help install install-dev tools run test lint type unit e2e fmt docs golden bench fuzz clean
 
 help:
 	@echo "make run      set up .venv, convert $(SAMPLE) and show what is in it"
 	@echo "make test     set up everything (venv, dev deps, tshark, sngrep) and run the whole suite"
 	@echo "make bench    performance benchmark against sngrep (not part of the tests)"
+	@echo "make fuzz     coverage-guided fuzzing (atheris) of every input parser, FUZZ_SECONDS=$(FUZZ_SECONDS)"
+	@echo "              per target; FUZZ_SECONDS=600 runs well over 1M cases (not part of the tests)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +71,16 @@ golden: install
 
 bench: install-dev tools
 	$(PY) bench/run.py
+
+# Coverage-guided fuzzing (issue 6): tests/fuzz.py runs the targets hep, stream, pcap and
+# convert one after another, each for FUZZ_SECONDS (libFuzzer -max_total_time; -timeout
+# catches hangs), seeded from fixtures/hep, fixtures/pcap and fixtures/malformed, and prints
+# the executed cases per target. Crash inputs land in $(FUZZ_DIR)/artifacts/.
+FUZZ_SECONDS ?= 120
+FUZZ_TIMEOUT ?= 10
+FUZZ_DIR     ?= /tmp/hep2pcap-fuzz
+fuzz: install-dev
+	nice $(PY) tests/fuzz.py all --seconds $(FUZZ_SECONDS) --timeout $(FUZZ_TIMEOUT) --work $(FUZZ_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
