@@ -25,6 +25,12 @@ fixtures/malformed into a work directory, runs each target in its own process fo
 ``--seconds`` (libFuzzer ``-max_total_time``; ``-timeout`` catches hangs) and prints the
 executed-case count per target. Crashes land in ``WORK/artifacts/``; each one found becomes a
 regression test in tests/test_fuzz_regressions.py.
+
+Throughput measured on 2 shared cores (CPython 3.11, atheris 3.0): hep ~41k cases/s, pcap
+~10k/s, stream ~3-7k/s, convert ~2k/s. The default ``make fuzz`` (120 s per target) runs
+about 6M cases in total; ``make fuzz FUZZ_SECONDS=600`` runs at least 1M cases in every
+target (convert, the slowest, ~1.2M). ``FUZZ_KNOWN_BUGS=1`` stops tolerating the bugs that
+xfail regression tests already pin (so they are found again).
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_DIRS = [ROOT / "fixtures" / d for d in ("hep", "pcap", "malformed")]
 TARGETS = ("hep", "stream", "pcap", "convert")
+#: The stream target feeds inputs in pieces as small as 1 byte: long inputs only slow it down
+#: (a 45 kB input is ~700 cases/s) without reaching more of the deframer.
+MAX_LEN = {"stream": 16384}
 
 # --- seed corpus ---------------------------------------------------------------------------
 
@@ -280,7 +289,7 @@ def run_all(seconds: int, timeout_s: int, work: Path, targets: list[str]) -> int
             f"-max_total_time={seconds}",
             f"-timeout={timeout_s}",
             "-rss_limit_mb=1024",
-            "-max_len=70000",
+            f"-max_len={MAX_LEN.get(target, 70000)}",
             f"-artifact_prefix={artifacts}/{target}-",
             "-print_final_stats=1",
             str(corpus),
