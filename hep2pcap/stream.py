@@ -73,7 +73,10 @@ class HepDeframer:
         if self._parts:
             self._parts.append(data)
             self._have += len(data)
-            if self._have < self._need:
+            # Still short of a whole message: wait — unless even the header is incomplete,
+            # then look at it now (a few bytes), so a short tail that can never become HEP3
+            # fails the same however the stream was cut.
+            if self._have < self._need and self._need > HEP3_HEADER.size:
                 return []
             buf = b"".join(self._parts)
             self._parts = []
