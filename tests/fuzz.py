@@ -29,8 +29,7 @@ regression test in tests/test_fuzz_regressions.py.
 Throughput measured on 2 shared cores (CPython 3.11, atheris 3.0): hep ~41k cases/s, pcap
 ~10k/s, stream ~3-7k/s, convert ~2k/s. The default ``make fuzz`` (120 s per target) runs
 about 6M cases in total; ``make fuzz FUZZ_SECONDS=600`` runs at least 1M cases in every
-target (convert, the slowest, ~1.2M). ``FUZZ_KNOWN_BUGS=1`` stops tolerating the bugs that
-xfail regression tests already pin (so they are found again).
+target (convert, the slowest, ~1.2M).
 """
 
 from __future__ import annotations
@@ -38,7 +37,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
 import re
 import subprocess
 import sys
@@ -99,22 +97,6 @@ def write_seeds(target: str, out: Path) -> int:
 
 
 # --- targets -------------------------------------------------------------------------------
-
-#: FUZZ_KNOWN_BUGS=1 stops tolerating the bugs already pinned by xfail regression tests.
-KNOWN_BUGS = os.environ.get("FUZZ_KNOWN_BUGS") == "1"
-
-
-def _short_tail_bug(body: bytes, whole: tuple, cut: tuple) -> bool:
-    # HepDeframer.feed() returns early while fewer than 6 bytes of a pending header are
-    # buffered, so a bad tail of < 6 bytes that arrives after a good first byte ("H" then
-    # "XYZ") is STREAM_TRUNCATED_AT_EOF instead of BAD_MAGIC / V12_ON_STREAM (or, with
-    # resync, instead of a reported BAD_MAGIC problem and a clean end).
-    error = cut[1]
-    if error is None or error[0].value != "stream_truncated_at_eof" or len(body) - error[1] >= 6:
-        return False
-    return (whole[1] is not None and whole[1][1] == error[1]) or any(
-        offset == error[1] for _, offset in whole[2]
-    )
 
 
 def _setup() -> dict[str, object]:
@@ -192,8 +174,6 @@ def _setup() -> dict[str, object]:
             assert int.from_bytes(m[4:6], "big") == len(m)
         # Framing must not depend on where the stream is cut.
         assert whole[0] == cut[0], ("messages differ", len(whole[0]), len(cut[0]))
-        if whole[1] != cut[1] and not KNOWN_BUGS and _short_tail_bug(body, whole, cut):
-            return  # known: tests/test_fuzz_regressions.py::test_short_bad_tail_split
         assert whole[1] == cut[1], ("errors differ", whole[1], cut[1])
 
     def _pcap_source(data: bytes, small: bool) -> PcapSource:
