@@ -81,6 +81,12 @@ class Reason(enum.Enum):
     TCP_MIDSTREAM_START = "tcp_midstream_start"
     # live capture (hep2pcap listen)
     NOT_ALLOWED = "not_allowed"  # a datagram or connection from outside --allow
+    # SIP repairs (real senders, issue 4): warnings, every byte is still written
+    SIP_SPLIT = "sip_split"  # one HEP packet held several SIP messages: one frame each
+    SIP_JOINED = "sip_joined"  # one SIP message spread over several HEP packets: joined
+    SIP_TRUNCATED = "sip_truncated"  # body shorter than Content-Length (or no end of headers)
+    DUPLICATE = "duplicate"  # the same packet mirrored by another agent (dropped by --dedup)
+    REDACTED = "redacted"  # --redact masked secrets in the payload (lengths unchanged)
 
 
 #: Reasons that mean "not for us, by design" rather than "broken": counted as skipped,
@@ -92,6 +98,7 @@ SKIP_REASONS = frozenset(
         Reason.MISSING_PAYLOAD_TYPE,
         Reason.NOT_HEP,
         Reason.TCP_MIDSTREAM_START,
+        Reason.DUPLICATE,
     }
 )
 

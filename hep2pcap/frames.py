@@ -76,9 +76,14 @@ def proto_label(ip_proto: int) -> str:
     return f"{ip_proto} ({name})" if name else str(ip_proto)
 
 
+def proto_name(ip_proto: int) -> str:
+    """The HEP protocol value's name: UDP, TCP, TLS, WebSocket, SCTP, proto-N."""
+    return _PROTO_NAMES.get(ip_proto, f"proto-{ip_proto}")
+
+
 def transport_label(ip_proto: int) -> str:
     """What the summary calls a message's transport: UDP, TCP, TLS(as TCP), …"""
-    name = _PROTO_NAMES.get(ip_proto, f"proto-{ip_proto}")
+    name = proto_name(ip_proto)
     built = "TCP" if transport_of(ip_proto) == IPPROTO_TCP else "UDP"
     return name if name in ("UDP", "TCP") else f"{name}(as {built})"
 

@@ -88,6 +88,15 @@ class PayloadType(enum.IntEnum):
     LOG = 0x64
 
 
+#: What output calls each named payload type (RTCP_JSON reads "RTCP-JSON").
+PAYLOAD_TYPE_NAMES: dict[int, str] = {
+    PayloadType.SIP: "SIP",
+    PayloadType.RTP: "RTP",
+    PayloadType.RTCP_JSON: "RTCP-JSON",
+    PayloadType.LOG: "LOG",
+}
+
+
 class IpProto(enum.IntEnum):
     """IP protocol values seen in HEP (HEP-SPEC §6)."""
 

@@ -9,6 +9,7 @@ or sockets itself and reads no clock (ticks carry the time).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import heapq
 import hmac
@@ -22,8 +23,17 @@ from typing import NamedTuple, Protocol
 
 from .errors import SKIP_REASONS, DecodeError, Reason, StrictError
 from .frames import FrameBuilder, proto_label
-from .hep import DEFAULT_OPTIONS, DecodeOptions, HepMessage, PayloadType, decode
+from .hep import (
+    DEFAULT_OPTIONS,
+    PAYLOAD_TYPE_NAMES,
+    DecodeOptions,
+    HepMessage,
+    PayloadType,
+    decode,
+)
 from .pcapng import LINKTYPE_ETHERNET, PacketWriter
+from .redact import redact
+from .repair import ARRIVAL_STEP, drop_copies, repair_sip
 from .stats import Stats
 
 log = logging.getLogger("hep2pcap")
@@ -47,6 +57,10 @@ class Problem(NamedTuple):
     reason: Reason
     pos: int
     detail: str
+
+
+#: A message on its way through the loop: (HEP time, arrival number, message).
+Item = tuple[int, int, HepMessage]
 
 
 class Tick(NamedTuple):
@@ -79,6 +93,10 @@ class Options:
         linktype: LINKTYPE_ETHERNET or LINKTYPE_RAW.
         warn_limit: how many rejections of each reason are logged in detail before the
             rest are only counted; ``None`` logs them all.
+        resplit: re-cut SIP over TCP/TLS at message boundaries (repair.repair_sip).
+        mark_truncated: note SIP messages shorter than their Content-Length.
+        dedup: drop copies of a packet that another agent already mirrored.
+        redact: mask secrets in SIP (redact.py), keeping every length.
     """
 
     decode: DecodeOptions = DEFAULT_OPTIONS
@@ -90,14 +108,10 @@ class Options:
     strict: bool = False
     linktype: int = LINKTYPE_ETHERNET
     warn_limit: int | None = 5
-
-
-_TYPE_NAMES: dict[int, str] = {
-    PayloadType.SIP: "SIP",
-    PayloadType.RTP: "RTP",
-    PayloadType.RTCP_JSON: "RTCP-JSON",
-    PayloadType.LOG: "LOG",
-}
+    resplit: bool = True
+    mark_truncated: bool = True
+    dedup: bool = False
+    redact: bool = False
 
 
 def describe(msg: HepMessage, extra: Reason | None = None) -> str:
@@ -127,7 +141,7 @@ def _comment_head(
         parts.append(f"node {node}")
     parts.append(f"proto {proto_label(ip_proto)}")
     if ptype is not None and ptype != PayloadType.SIP:
-        name = _TYPE_NAMES.get(ptype)
+        name = PAYLOAD_TYPE_NAMES.get(ptype)
         parts.append(f"type {ptype}" + (f" ({name})" if name else ""))
     return "; ".join(parts)
 
@@ -152,6 +166,10 @@ _NOTED = frozenset(
         Reason.V2_TIME_BIG_ENDIAN,
         Reason.MISSING_USEC,
         Reason.FAMILY_MISMATCH,
+        Reason.SIP_SPLIT,
+        Reason.SIP_JOINED,
+        Reason.SIP_TRUNCATED,
+        Reason.REDACTED,
     }
 )
 
@@ -197,7 +215,7 @@ class _Reporter:
 
 def iter_messages(
     source: Source, options: Options, reporter: _Reporter, order: Iterator[int]
-) -> Iterator[tuple[int, int, HepMessage] | Tick]:
+) -> Iterator[Item | Tick]:
     """Decode and accept one source's records; yield ``(ts_us, arrival, message)``."""
     stats = reporter.stats
     dopts = options.decode
@@ -272,21 +290,30 @@ class Converter:
         writer: where frames go.
         options: pipeline options.
         stats: counters to update.
+        route: when set, picks the writer of each message (split); ``writer`` is then
+            only flushed.
     """
 
-    def __init__(self, writer: PacketWriter, options: Options, stats: Stats) -> None:
+    def __init__(
+        self,
+        writer: PacketWriter,
+        options: Options,
+        stats: Stats,
+        route: Callable[[HepMessage], PacketWriter] | None = None,
+    ) -> None:
         self.writer = writer
+        self.route = route
         self.options = options
         self.stats = stats
         self.builder = FrameBuilder(options.linktype)
         # The window holds messages in two parts: a run of messages that arrived in time
         # order (the usual case: a deque, O(1) per message) and a heap of the others.
-        self._run: deque[tuple[int, int, HepMessage]] = deque()
-        self._heap: list[tuple[int, int, HepMessage]] = []
+        self._run: deque[Item] = deque()
+        self._heap: list[Item] = []
         self._newest = -1
         self._last_written = -1
 
-    def push(self, item: tuple[int, int, HepMessage]) -> None:
+    def push(self, item: Item) -> None:
         """Add a message; write every message now older than the window."""
         run = self._run
         if not run or item > run[-1]:  # (ts, arrival): arrival numbers are unique
@@ -319,7 +346,7 @@ class Converter:
             write(heappop(heap) if from_heap else run.popleft())
             held -= 1
 
-    def _write(self, item: tuple[int, int, HepMessage]) -> None:
+    def _write(self, item: Item) -> None:
         ts, _, msg = item
         stats = self.stats
         if ts < self._last_written:
@@ -330,7 +357,9 @@ class Converter:
         if warning is not None:
             stats.warnings[warning] += 1
         comment = describe(msg, warning) if self.options.comments else None
-        agent, node, write = msg.capture_id, msg.node_name, self.writer.write_packet
+        route = self.route
+        agent, node = msg.capture_id, msg.node_name
+        write = (self.writer if route is None else route(msg)).write_packet
         for frame in frames:
             write(agent, node, ts, frame, comment)
         stats.written += 1
@@ -347,6 +376,66 @@ class Converter:
 #: ``on_progress`` is called once per this many items.
 PROGRESS_EVERY = 1 << 16
 
+#: A stage between decoding and writing (e.g. filters.Selector.stage): items in, items out.
+Stage = Callable[[Iterator[Item | Tick]], Iterator[Item | Tick]]
+
+
+def messages(sources: Iterable[Source], options: Options, stats: Stats) -> Iterator[Item | Tick]:
+    """The accepted messages of every source, merged by time and repaired, as
+    ``(ts_us, arrival, message)`` items (and ticks from live sources).
+
+    Rejections are counted in ``stats`` (and raise :class:`StrictError` under
+    ``options.strict``). Not in strict time order: the reorder window comes later.
+    """
+    reporter = _Reporter(stats, options.strict, options.warn_limit)
+    order = itertools.count(0, ARRIVAL_STEP)
+    streams = [iter_messages(s, options, reporter, order) for s in sources]
+    # Several inputs are merged by (approximate) time; the window fixes local disorder.
+    items = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=_merge_key)
+    if options.resplit or options.mark_truncated:
+        items = repair_sip(items, stats, order, resplit=options.resplit)
+    if options.dedup:
+        items = drop_copies(items, stats)
+    if options.redact:
+        items = _redact(items, stats)
+    return items
+
+
+def _redact(items: Iterator[Item | Tick], stats: Stats) -> Iterator[Item | Tick]:
+    # --redact: secrets masked in place (same length); the frame's comment says so.
+    for item in items:
+        if not isinstance(item, Tick):
+            ts, arrival, msg = item
+            masked, what = redact(msg.payload)
+            if what:
+                stats.warnings[Reason.REDACTED] += 1
+                item = (
+                    ts,
+                    arrival,
+                    dataclasses.replace(
+                        msg, payload=masked, warnings=(*msg.warnings, Reason.REDACTED)
+                    ),
+                )
+        yield item
+
+
+def observe(
+    sources: Iterable[Source],
+    options: Options,
+    stats: Stats,
+    *observers: Callable[[int, HepMessage], None],
+) -> Stats:
+    """One pass over every accepted message, in arrival order, calling each observer
+    with ``(ts_us, message)``: ``hep2pcap info``, and the first pass of the filters and
+    of ``split``. Nothing is written.
+    """
+    for item in messages(sources, options, stats):
+        if not isinstance(item, Tick):
+            ts, _, msg = item
+            for see in observers:
+                see(ts, msg)
+    return stats
+
 
 def convert(
     sources: Iterable[Source],
@@ -354,10 +443,14 @@ def convert(
     options: Options,
     stats: Stats | None = None,
     on_progress: Callable[[Stats], None] | None = None,
+    select: Stage | None = None,
+    route: Callable[[HepMessage], PacketWriter] | None = None,
 ) -> Stats:
     """Run the loop: read every source (merged by time), write frames, return the counters.
 
-    ``on_progress(stats)`` (optional) is called every PROGRESS_EVERY messages.
+    ``on_progress(stats)`` (optional) is called every PROGRESS_EVERY messages;
+    ``select`` (optional) filters the messages before the reorder window; ``route``
+    (optional) picks each message's writer.
 
     Raises:
         StrictError: ``options.strict`` and a malformed message was found; everything
@@ -365,12 +458,10 @@ def convert(
         Hep2PcapError: a source failed as a whole (unreadable input).
     """
     stats = stats if stats is not None else Stats()
-    reporter = _Reporter(stats, options.strict, options.warn_limit)
-    order = itertools.count()
-    streams = [iter_messages(s, options, reporter, order) for s in sources]
-    # Several inputs are merged by (approximate) time; the window fixes local disorder.
-    items = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=_merge_key)
-    conv = Converter(writer, options, stats)
+    items = messages(sources, options, stats)
+    if select is not None:
+        items = select(items)
+    conv = Converter(writer, options, stats, route)
     count = 0
     try:
         for item in items:
@@ -394,5 +485,5 @@ def convert(
     return stats
 
 
-def _merge_key(item: tuple[int, int, HepMessage] | Tick) -> int:
+def _merge_key(item: Item | Tick) -> int:
     return item.now_us if isinstance(item, Tick) else item[0]

@@ -33,6 +33,7 @@ class Stats:
     written: int = 0
     frames: int = 0
     late: int = 0
+    filtered: int = 0  # accepted, but left out by a filter (--call-id, --host, …)
     skipped: Counter[Reason] = field(default_factory=Counter)
     dropped: Counter[Reason] = field(default_factory=Counter)
     input_problems: Counter[Reason] = field(default_factory=Counter)
@@ -105,6 +106,8 @@ class Stats:
             + f", dropped {self.dropped_total}{_reasons(self.dropped)}"
         )
         lines = [head]
+        if self.filtered:
+            lines.append(f"  left out by filters: {self.filtered}")
         if self.input_problems:
             lines.append(f"  input: {_pairs(self.input_problems)}")
         if self.warnings:

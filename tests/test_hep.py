@@ -948,6 +948,11 @@ COVERAGE: dict[Reason, str] = {
     Reason.V12_AUTH_REQUIRED: "test_pipeline::test_v12_auth_required",
     Reason.UDP_PAYLOAD_TRUNCATED: "test_frames::test_udp_payload_truncated",
     Reason.NOT_HEP: "test_pipeline::test_source_problems_counted_not_hep_is_quiet",
+    Reason.SIP_SPLIT: "test_repair::test_packed_messages_are_split_one_per_frame",
+    Reason.SIP_JOINED: "test_repair::test_byte_by_byte_stream_is_rebuilt",
+    Reason.SIP_TRUNCATED: "test_repair::test_truncated_udp_message_is_written_and_marked",
+    Reason.DUPLICATE: "test_repair::test_drop_copies_counts_duplicates_as_skipped",
+    Reason.REDACTED: "test_pipeline::test_redact_masks_in_place_and_says_so",
 }
 #: Produced by no core module (hep, stream, frames, pcapng, stats, pipeline).
 NOT_CORE: dict[Reason, str] = {

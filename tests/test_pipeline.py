@@ -3,6 +3,7 @@ continuity through the loop, strict mode, packet comments and the summary."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import zlib
@@ -618,3 +619,32 @@ def test_big_window_sorts_stably(offsets: list[int]) -> None:
     expected = sorted(range(len(offsets)), key=lambda i: (offsets[i], i))
     assert [int(p[len(SIP) :]) for p in w.payloads()] == expected
     assert stats.late == 0
+
+
+# --- issue 4: redaction, repairs and filters in the loop ------------------------------------
+
+SDP_SDES = b"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:S3cr3tK3yS3cr3t|2^20\r\n"
+INVITE_SDES = (
+    b"INVITE sip:bob@example.com SIP/2.0\r\nCall-ID: k1\r\nContent-Type: application/sdp\r\n"
+    + f"Content-Length: {len(SDP_SDES)}\r\n\r\n".encode()
+    + SDP_SDES
+)
+
+
+def test_redact_masks_in_place_and_says_so() -> None:
+    data = v3({ChunkType.PAYLOAD: INVITE_SDES})
+    stats, writer = run(*records(data), options=dataclasses.replace(RAW, redact=True))
+    (packet,) = writer.packets
+    assert b"S3cr3t" not in packet.frame
+    assert len(packet.frame) == len(run(*records(data))[1].packets[0].frame)
+    assert "redacted" in (packet.comment or "")
+    assert stats.warnings[Reason.REDACTED] == 1
+
+
+def test_repairs_run_in_convert() -> None:
+    two = SIP + SIP.replace(b"abc", b"def")
+    data = v3({ChunkType.PAYLOAD: two, ChunkType.IP_PROTO: u8(6)})
+    stats, writer = run(*records(data))
+    assert [p.frame.endswith(SIP.replace(b"abc", b"def")) for p in writer.packets] == [False, True]
+    assert stats.warnings[Reason.SIP_SPLIT] == 1
+    assert (stats.read, stats.written, stats.frames) == (1, 2, 2)
