@@ -6,19 +6,24 @@ Owns: option parsing, opening the output, logging setup, exit codes (0 ok, 1 err
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import logging
 import sys
 from collections.abc import Callable
 from contextlib import ExitStack
-from typing import BinaryIO, TypeVar
+from dataclasses import dataclass
+from typing import Any, BinaryIO, TypeVar
 
 import click
 
 from . import __version__
 from .errors import Hep2PcapError
-from .hep import DecodeOptions, PayloadType
+from .filters import Criteria, Selector, compile_match, parse_host, parse_time
+from .hep import DecodeOptions, HepMessage, PayloadType
 from .pcapng import LINKTYPE_ETHERNET, LINKTYPE_RAW, PacketWriter, PcapngWriter, PcapWriter
-from .pipeline import Options, convert
+from .pipeline import Options, Stage, convert, observe
 from .sources import ByteCounter, open_inputs
 from .stats import Stats
 
@@ -92,6 +97,7 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
 
 
 F = TypeVar("F", bound=Callable[..., None])
+_T = TypeVar("_T")
 
 
 def frame_options(command: F) -> F:
@@ -121,7 +127,6 @@ def frame_options(command: F) -> F:
                 help="Use the capture/receive time when HEPv3 has no timestamp.",
             ),
             click.option(
-                "-v",
                 "--verbose",
                 is_flag=True,
                 help="Log every rejected message, not the first 5 of each reason.",
@@ -135,6 +140,125 @@ def frame_options(command: F) -> F:
     return command
 
 
+def select_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options convert, listen and split share: filters, repairs, redaction.
+
+    They reach the command as one ``selection: Selection`` argument.
+    """
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        values = {n: kwargs.pop(n) for n in inspect.signature(_selection).parameters}
+        command(selection=_selection(**values), **kwargs)
+
+    for option in reversed(_SELECT_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+_SELECT_OPTIONS = (
+    click.option(
+        "--call-id", "call_ids", multiple=True, metavar="ID",
+        help="Keep this call: its Call-ID, and legs linked to it by HEP correlation id.",
+    ),
+    click.option(
+        "--correlation-id", "correlation_ids", multiple=True, metavar="ID",
+        help="Keep the dialogs of messages with this HEP correlation id.",
+    ),
+    click.option(
+        "--host", "hosts", multiple=True, metavar="IP", help="Keep messages from or to this IP."
+    ),
+    click.option(
+        "--port", "ports", multiple=True, type=click.IntRange(0, 65535), metavar="N",
+        help="Keep messages from or to this port.",
+    ),
+    click.option(
+        "--agent", "agents", multiple=True, type=click.IntRange(0, 0xFFFFFFFF), metavar="ID",
+        help="Keep messages from this HEP capture agent id.",
+    ),
+    click.option(
+        "--since", metavar="TIME", help="Keep messages at or after TIME (ISO 8601 or epoch s)."
+    ),
+    click.option("--until", metavar="TIME", help="Keep messages at or before TIME."),
+    click.option(
+        "--method", "methods", multiple=True, metavar="NAME",
+        help="Keep dialogs with this SIP method (INVITE, REGISTER, ...).",
+    ),
+    click.option(
+        "--match", "match_expr", metavar="REGEX",
+        help="Keep dialogs with a message whose SIP text matches REGEX (like sngrep).",
+    ),
+    click.option("-i", "--ignore-case", is_flag=True, help="--match ignores case."),
+    click.option(
+        "-v", "--invert-match", is_flag=True, help="Keep the dialogs --match does not match."
+    ),
+    click.option(
+        "--redact", is_flag=True,
+        help="Mask SRTP keys and digest credentials (same lengths; see README).",
+    ),
+    click.option(
+        "--dedup", is_flag=True, help="Keep one copy of a packet that several agents mirrored."
+    ),
+    click.option(
+        "--no-resplit", is_flag=True,
+        help="Do not re-cut SIP over TCP/TLS at message boundaries (Content-Length).",
+    ),
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The filter and repair options, parsed."""
+
+    criteria: Criteria
+    redact: bool
+    dedup: bool
+    resplit: bool
+
+
+def _selection(
+    call_ids: tuple[str, ...],
+    correlation_ids: tuple[str, ...],
+    hosts: tuple[str, ...],
+    ports: tuple[int, ...],
+    agents: tuple[int, ...],
+    since: str | None,
+    until: str | None,
+    methods: tuple[str, ...],
+    match_expr: str | None,
+    ignore_case: bool,
+    invert_match: bool,
+    redact: bool,
+    dedup: bool,
+    no_resplit: bool,
+) -> Selection:
+    def parsed(hint: str, parse: Callable[[str], _T], value: str) -> _T:
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=hint) from None
+
+    if (ignore_case or invert_match) and match_expr is None:
+        raise click.UsageError("-i/--ignore-case and -v/--invert-match go with --match")
+    criteria = Criteria(
+        call_ids=frozenset(call_ids),
+        correlation_ids=frozenset(correlation_ids),
+        hosts=frozenset(parsed("--host", parse_host, h) for h in hosts),
+        ports=frozenset(ports),
+        agents=frozenset(agents),
+        since_us=parsed("--since", parse_time, since) if since is not None else None,
+        until_us=parsed("--until", parse_time, until) if until is not None else None,
+        methods=frozenset(m.upper() for m in methods),
+        match=(
+            parsed("--match", lambda e: compile_match(e, ignore_case), match_expr)
+            if match_expr is not None
+            else None
+        ),
+        invert=invert_match,
+    )
+    return Selection(criteria, redact=redact, dedup=dedup, resplit=not no_resplit)
+
+
 def _options(
     linktype: str,
     no_comments: bool,
@@ -143,6 +267,7 @@ def _options(
     verbose: bool,
     password: str | None,
     window_s: float,
+    selection: Selection | None = None,
     *,
     strict: bool = False,
     lenient: bool = False,
@@ -156,6 +281,9 @@ def _options(
         strict=strict,
         linktype=LINKTYPES[linktype],
         warn_limit=None if verbose else 5,
+        resplit=selection.resplit if selection is not None else True,
+        dedup=selection.dedup if selection is not None else False,
+        redact=selection.redact if selection is not None else False,
     )
 
 
@@ -187,6 +315,7 @@ def _options(
     help="Accept the 'EEP3' alias; in raw dumps, skip stray bytes to the next HEP3 header.",
 )  # fmt: skip
 @frame_options
+@select_options
 def convert_cmd(
     inputs: tuple[str, ...],
     output: str,
@@ -202,26 +331,34 @@ def convert_cmd(
     lenient: bool,
     verbose: bool,
     quiet: bool,
+    selection: Selection,
 ) -> None:
     """Convert saved HEP dumps (raw HEPv3, pcap or pcapng, gzip or not) to pcapng.
 
     Several inputs are merged by time; '-' reads stdin. Only SIP is written unless
-    --include-type says otherwise. A summary goes to stderr.
+    --include-type says otherwise. Filters keep whole dialogs (a first pass finds them).
+    A summary goes to stderr.
 
     Example: hep2pcap convert hep-traffic.pcap agent2.hep.gz -w calls.pcapng
     """
     _setup_logging(verbose, quiet)
     options = _options(
         linktype, no_comments, include_types, use_receive_time, verbose, password, window_s,
-        strict=strict, lenient=lenient,
+        selection, strict=strict, lenient=lenient,
     )  # fmt: skip
+    ports = frozenset(hep_ports) if hep_ports else None
     counters: list[ByteCounter] = []
+    stats = Stats()
     try:
         with ExitStack() as stack:
-            sources = open_inputs(
-                inputs, stack, counters, lenient=lenient,
-                hep_ports=frozenset(hep_ports) if hep_ports else None,
-            )  # fmt: skip
+            select = None
+            if selection.criteria:
+                selector = Selector(selection.criteria, stats)
+                if selection.criteria.per_dialog:
+                    inputs = _spool_stdin(inputs, stack)
+                    _first_pass(inputs, options, ports, lenient, selector.observe)
+                select = selector.stage
+            sources = open_inputs(inputs, stack, counters, lenient=lenient, hep_ports=ports)
             out = _open_output(output, stack)
             writer: PacketWriter
             if fmt == "pcap":
@@ -229,7 +366,7 @@ def convert_cmd(
             else:
                 writer = PcapngWriter(out, options.linktype, comments=options.comments)
             progress = _progress_printer(counters) if not quiet and sys.stderr.isatty() else None
-            stats = convert(sources, writer, options, on_progress=progress)
+            convert(sources, writer, options, stats, on_progress=progress, select=select)
             if progress is not None:
                 click.echo("\r\033[K", nl=False, err=True)
     except Hep2PcapError as exc:
@@ -241,6 +378,34 @@ def convert_cmd(
         raise click.ClickException(f"{output}: cannot write: {exc.strerror or exc}") from exc
     if not quiet:
         click.echo(stats.summary(), err=True)
+
+
+def _spool_stdin(inputs: tuple[str, ...], stack: ExitStack) -> tuple[str, ...]:
+    # A first pass needs to read the inputs twice: stdin is copied to a temporary file.
+    if "-" not in inputs:
+        return inputs
+    import shutil
+    import tempfile
+
+    tmp = stack.enter_context(tempfile.NamedTemporaryFile(prefix="hep2pcap-stdin-"))  # noqa: SIM115
+    shutil.copyfileobj(sys.stdin.buffer, tmp, 1 << 20)
+    tmp.flush()
+    return tuple(tmp.name if i == "-" else i for i in inputs)
+
+
+def _first_pass(
+    inputs: tuple[str, ...],
+    options: Options,
+    hep_ports: frozenset[int] | None,
+    lenient: bool,
+    *observers: Callable[[int, HepMessage], None],
+) -> None:
+    # Read the inputs once without writing (dialog filters, split); the counters of this
+    # pass are discarded (the second pass counts), and so are its log lines.
+    quiet = dataclasses.replace(options, warn_limit=0, strict=False)
+    with ExitStack() as stack:
+        observe(open_inputs(inputs, stack, [], lenient=lenient, hep_ports=hep_ports),
+                quiet, Stats(), *observers)  # fmt: skip
 
 
 convert_cmd.name = "convert"
@@ -325,6 +490,7 @@ DEFAULT_LISTEN = ("udp:127.0.0.1:9060", "tcp:127.0.0.1:9060")
     metavar="SECONDS", help="Reorder window (frames are written this late).",
 )  # fmt: skip
 @frame_options
+@select_options
 def listen_cmd(
     listen_urls: tuple[str, ...],
     output: str,
@@ -351,13 +517,15 @@ def listen_cmd(
     use_receive_time: bool,
     verbose: bool,
     quiet: bool,
+    selection: Selection,
 ) -> None:
     """Capture live HEP (UDP, TCP, TLS) to pcapng that can be opened at any moment.
 
     Listens on 127.0.0.1:9060 (UDP and TCP) unless -l says otherwise, prints the bound
     addresses on stderr, and writes SIP frames in HEP-time order, flushed every second.
     SIGINT/SIGTERM flush, close and print the summary (exit 0); SIGHUP starts a new file.
-    Rotated files are named NAME.00000.EXT, NAME.00001.EXT, ...
+    Rotated files are named NAME.00000.EXT, NAME.00001.EXT, ... Filters are applied as
+    messages arrive: a dialog's messages are held (up to 20000) until one matches.
 
     Example: hep2pcap listen -l udp:0.0.0.0:9060 -w 'calls-%H%M.pcapng' -G 3600 -W 24
     """
@@ -394,9 +562,11 @@ def listen_cmd(
         raise click.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
 
     options = _options(
-        linktype, no_comments, include_types, use_receive_time, verbose, password, window_s
-    )
+        linktype, no_comments, include_types, use_receive_time, verbose, password, window_s,
+        selection,
+    )  # fmt: skip
     stats = Stats()
+    select = Selector(selection.criteria, stats).live_stage if selection.criteria else None
     with ExitStack() as stack:
         try:
             tls = (
@@ -484,7 +654,7 @@ def listen_cmd(
                 stack.callback(signal.signal, sig, old)
             for ep in source.addresses:  # after the handlers: a script may signal right away
                 click.echo(f"listening on {ep}", err=True)
-            convert([source], writer, options, stats)
+            convert([source], writer, options, stats, select=select)
             source.close()
             writer.close()
         except Hep2PcapError as exc:
@@ -501,6 +671,186 @@ def listen_cmd(
 
 
 # ---- end of listen ------------------------------------------------------------------------
+
+
+# ---- info and split (issue 4: the support-ticket workflow) -------------------------------
+
+INPUTS = click.argument(
+    "inputs", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True)
+)
+HEP_PORT = click.option(
+    "--hep-port", "hep_ports", multiple=True, type=click.IntRange(1, 65535), metavar="PORT",
+    help="In pcaps, UDP/TCP port carrying HEP (default 9060; HEP3 is found on any port).",
+)  # fmt: skip
+LENIENT = click.option(
+    "--lenient", is_flag=True,
+    help="Accept the 'EEP3' alias; in raw dumps, skip stray bytes to the next HEP3 header.",
+)  # fmt: skip
+
+
+@cli.command("info", context_settings=CONTEXT)
+@INPUTS
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--password", metavar="KEY", help="Count messages whose HEP auth key differs.")
+@HEP_PORT
+@LENIENT
+@click.option(
+    "--use-receive-time", is_flag=True,
+    help="Use the capture/receive time when HEPv3 has no timestamp.",
+)  # fmt: skip
+@click.option("--verbose", is_flag=True, help="Log every rejected message.")
+def info_cmd(
+    inputs: tuple[str, ...],
+    as_json: bool,
+    password: str | None,
+    hep_ports: tuple[int, ...],
+    lenient: bool,
+    use_receive_time: bool,
+    verbose: bool,
+) -> None:
+    """Report what HEP dumps hold and whether the capture looks complete.
+
+    Time range, agents, HEP versions, payload types, transports, directions, SIP methods
+    and responses, calls, rejected messages by reason, repairs, and warnings: dialogs seen
+    in one direction only, copies from several agents, truncated SIP, time going backwards.
+
+    Example: hep2pcap info hep-traffic.pcap --json
+    """
+    import json
+
+    from .report import Report
+
+    _setup_logging(verbose, quiet=False)
+    options = dataclasses.replace(
+        _options("ethernet", True, ("all",), use_receive_time, verbose, password, 2.0,
+                 lenient=lenient),
+        warn_limit=0 if not verbose else None,
+    )  # fmt: skip
+    report, stats = Report(), Stats()
+    try:
+        with ExitStack() as stack:
+            sources = open_inputs(
+                inputs, stack, [], lenient=lenient,
+                hep_ports=frozenset(hep_ports) if hep_ports else None,
+            )  # fmt: skip
+            observe(sources, options, stats, report.observe)
+    except Hep2PcapError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        if as_json:
+            click.echo(json.dumps(report.to_dict(stats), indent=2))
+        else:
+            click.echo(report.to_text(stats))
+    except BrokenPipeError:
+        sys.stderr.close()
+
+
+@cli.command("split", context_settings=CONTEXT)
+@INPUTS
+@click.option(
+    "-d", "--directory", required=True, metavar="DIR",
+    help="Write one pcapng per call here (created if missing), and index.tsv.",
+)  # fmt: skip
+@click.option(
+    "--other", type=click.Choice(["file", "drop"]), default="file", show_default=True,
+    help="Non-dialog traffic (REGISTER, OPTIONS, ...): to other.pcapng, or left out.",
+)  # fmt: skip
+@click.option("--password", metavar="KEY", help="Drop messages whose HEP auth key differs.")
+@click.option(
+    "--window", "window_s", type=click.FloatRange(0, 3600), default=2.0, show_default=True,
+    metavar="SECONDS", help="Reorder window in seconds of HEP time.",
+)  # fmt: skip
+@HEP_PORT
+@LENIENT
+@frame_options
+@select_options
+def split_cmd(
+    inputs: tuple[str, ...],
+    directory: str,
+    other: str,
+    password: str | None,
+    window_s: float,
+    hep_ports: tuple[int, ...],
+    lenient: bool,
+    linktype: str,
+    no_comments: bool,
+    include_types: tuple[str, ...],
+    use_receive_time: bool,
+    verbose: bool,
+    quiet: bool,
+    selection: Selection,
+) -> None:
+    """Split HEP dumps into one pcapng per call, with an index of the calls.
+
+    A call is a Call-ID with an INVITE, SUBSCRIBE or REFER, together with the legs linked
+    to it by HEP correlation id. index.tsv lists each call: file, start, method, from,
+    to, final response, messages, Call-IDs. Filters choose which calls are written.
+
+    Example: hep2pcap split hep-traffic.pcap -d calls/ --other drop
+    """
+    import os
+
+    from .split import INDEX_NAME, CallIndex, SplitWriter, write_index
+
+    _setup_logging(verbose, quiet)
+    options = _options(
+        linktype, no_comments, include_types, use_receive_time, verbose, password, window_s,
+        selection, lenient=lenient,
+    )  # fmt: skip
+    ports = frozenset(hep_ports) if hep_ports else None
+    stats = Stats()
+    index = CallIndex()
+    criteria = selection.criteria
+    selector = Selector(criteria, stats) if criteria else None
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(f"{directory}: cannot create: {exc.strerror or exc}") from exc
+    try:
+        with ExitStack() as stack:
+            inputs = _spool_stdin(inputs, stack)
+            observers: list[Callable[[int, HepMessage], None]] = [index.observe]
+            if selector is not None and criteria.per_dialog:
+                observers.append(selector.observe)
+            _first_pass(inputs, options, ports, lenient, *observers)
+            calls = index.plan()
+            writer = SplitWriter(directory, index, options.linktype, comments=options.comments)
+            stages: list[Stage] = []
+            if selector is not None:
+                stages.append(selector.stage)
+            if other == "drop":
+                stages.append(index.calls_only(stats))
+            sources = open_inputs(inputs, stack, [], lenient=lenient, hep_ports=ports)
+            convert(sources, writer, options, stats, select=_chain(stages),
+                    route=writer.writer_for)  # fmt: skip
+            writer.close()
+            write_index(
+                os.path.join(directory, INDEX_NAME), [c for c in calls if c.file in writer.files]
+            )
+    except Hep2PcapError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise click.ClickException(f"{directory}: cannot write: {exc.strerror or exc}") from exc
+    if not quiet:
+        written = [f for f in writer.files if f != "other.pcapng"]
+        click.echo(
+            f"{len(written)} calls written to {directory} (index: {INDEX_NAME})"
+            + (", other traffic in other.pcapng" if "other.pcapng" in writer.files else ""),
+            err=True,
+        )
+        click.echo(stats.summary(), err=True)
+
+
+def _chain(stages: list[Callable[[Any], Any]]) -> Callable[[Any], Any] | None:
+    if not stages:
+        return None
+
+    def run(items: Any) -> Any:
+        for stage in stages:
+            items = stage(items)
+        return items
+
+    return run
 
 
 def main() -> None:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import re
+import selectors
+import signal
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -70,6 +73,44 @@ def run_convert(
             f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.decode(errors='replace')}"
         )
     return proc
+
+
+#: How long a listener may take to print its bound port.
+LISTEN_DEADLINE_S = 15.0
+
+
+class Listener:
+    """A running ``hep2pcap listen -l udp:127.0.0.1:0 -w OUT ARGS`` and its bound port."""
+
+    def __init__(self, out: Path, *args: str) -> None:
+        cmd = [*hep2pcap_cmd(), "listen", "-l", "udp:127.0.0.1:0", "-w", str(out)]
+        cmd += ["--duration", "60", "--window", "0", *args]
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        self.port = self._read_port()
+
+    def _read_port(self) -> int:
+        assert self.proc.stderr is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stderr, selectors.EVENT_READ)
+        seen = b""
+        deadline = time.monotonic() + LISTEN_DEADLINE_S
+        while (left := deadline - time.monotonic()) > 0:
+            if sel.select(timeout=left):
+                chunk = self.proc.stderr.read1(4096)  # type: ignore[attr-defined]
+                if not chunk:
+                    break
+                seen += chunk
+                m = re.search(rb"listening on udp:127\.0\.0\.1:(\d+)", seen)
+                if m:
+                    return int(m.group(1))
+        raise AssertionError(f"no 'listening on' line in time: {seen!r}")
+
+    def stop(self) -> bytes:
+        """SIGINT, then the rest of stderr (the summary)."""
+        self.proc.send_signal(signal.SIGINT)
+        _, err = self.proc.communicate(timeout=TIMEOUT_S)
+        assert self.proc.returncode == 0, err
+        return err
 
 
 # --- tshark ---------------------------------------------------------------------------------

@@ -6,9 +6,6 @@ sngrep and tshark while the listener runs, before and after the first packet.
 
 from __future__ import annotations
 
-import re
-import selectors
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,8 +14,9 @@ from pathlib import Path
 import pytest
 from e2e_support import (
     FIXTURES,
+    LISTEN_DEADLINE_S,
     TIMEOUT_S,
-    hep2pcap_cmd,
+    Listener,
     manifest,
     sngrep_dialogs,
     tshark_fields,
@@ -27,41 +25,6 @@ from e2e_support import (
 pytestmark = pytest.mark.e2e
 
 SIP = FIXTURES / "sip" / "call-register.pcap"
-DEADLINE_S = 15.0
-
-
-class Listener:
-    """A running ``hep2pcap listen -l udp:127.0.0.1:0`` and its bound port."""
-
-    def __init__(self, out: Path) -> None:
-        cmd = [*hep2pcap_cmd(), "listen", "-l", "udp:127.0.0.1:0", "-w", str(out)]
-        cmd += ["--duration", "60", "--window", "0"]
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-        self.port = self._read_port()
-
-    def _read_port(self) -> int:
-        assert self.proc.stderr is not None
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stderr, selectors.EVENT_READ)
-        seen = b""
-        deadline = time.monotonic() + DEADLINE_S
-        while (left := deadline - time.monotonic()) > 0:
-            if sel.select(timeout=left):
-                chunk = self.proc.stderr.read1(4096)  # type: ignore[attr-defined]
-                if not chunk:
-                    break
-                seen += chunk
-                m = re.search(rb"listening on udp:127\.0\.0\.1:(\d+)", seen)
-                if m:
-                    return int(m.group(1))
-        raise AssertionError(f"no 'listening on' line in time: {seen!r}")
-
-    def stop(self) -> bytes:
-        """SIGINT, then the rest of stderr (the summary)."""
-        self.proc.send_signal(signal.SIGINT)
-        _, err = self.proc.communicate(timeout=TIMEOUT_S)
-        assert self.proc.returncode == 0, err
-        return err
 
 
 @pytest.fixture
@@ -102,7 +65,7 @@ def test_live_file_opens_while_running(
         check=True,
     )
     want = manifest("sip/call-register.pcap")["sip_messages"]
-    deadline = time.monotonic() + DEADLINE_S
+    deadline = time.monotonic() + LISTEN_DEADLINE_S
     rows: list[dict[str, str]] = []
     while time.monotonic() < deadline:
         rows = tshark_fields(tshark, wireshark_env, out, ["sip.Call-ID"], display_filter="sip")

@@ -1,0 +1,327 @@
+"""``hep2pcap info``: what a HEP capture holds, and whether it is complete.
+
+Owns: the health report over the pipeline's accepted messages (time range, agents,
+versions, payload types, transports, directions, SIP methods and responses, calls) and
+the warnings a person must see: dialogs or flows seen in one direction only (the
+FreeSWITCH FS-9657 signature), packets mirrored by several agents, SIP messages shorter
+than their Content-Length, and time going backwards per agent. Must never: do I/O or
+read clocks; memory stays bounded (per-dialog tracking stops at a cap, and says so).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from . import sip
+from .dialogs import keys_of
+from .errors import Reason
+from .frames import proto_name
+from .hep import PAYLOAD_TYPE_NAMES, HepMessage, PayloadType
+from .repair import CopyFinder, is_truncated
+from .split import CallIndex
+from .stats import Stats
+
+#: Dialogs tracked for the one-direction check; past this they are counted only.
+MAX_DIALOGS = 500_000
+#: Flows tracked for the one-direction check.
+MAX_FLOWS = 100_000
+#: A backwards step in one agent's HEP time this large is a warning (smaller ones are
+#: the usual jitter of multi-threaded senders and are only counted).
+BACKWARDS_WARN_US = 1_000_000
+#: Directions listed (busiest first).
+TOP_DIRECTIONS = 20
+
+
+Endpoint = tuple[bytes, int]
+
+
+@dataclass(slots=True)
+class _Agent:
+    messages: int = 0
+    nodes: set[str] = field(default_factory=set)
+    last_ts: int | None = None
+    backwards: int = 0
+    max_backwards_us: int = 0
+
+
+@dataclass(slots=True)
+class _Dialog:
+    agent: int | None
+    ip_proto: int
+    src: Endpoint
+    dst: Endpoint
+    messages: int = 0
+    reverse: bool = False  # a message went dst -> src
+    invite: bool = False
+
+
+def _endpoint(ep: Endpoint) -> str:
+    addr = ipaddress.ip_address(ep[0])
+    return f"{addr}:{ep[1]}" if addr.version == 4 else f"[{addr}]:{ep[1]}"
+
+
+def _iso(ts_us: int) -> str:
+    return datetime.fromtimestamp(ts_us / 1e6, UTC).isoformat(timespec="microseconds")
+
+
+class Report:
+    """Collects one capture's facts; :meth:`to_dict` and :meth:`to_text` render them."""
+
+    def __init__(self, dedup_window_us: int = 200_000) -> None:
+        self.first_us: int | None = None
+        self.last_us: int | None = None
+        self.messages = 0
+        self.agents: dict[int | None, _Agent] = {}
+        self.versions: Counter[int] = Counter()
+        self.payload_types: Counter[str] = Counter()
+        self.transports: Counter[str] = Counter()
+        self.directions: Counter[tuple[str, Endpoint, Endpoint]] = Counter()
+        self.requests: Counter[str] = Counter()
+        self.responses: Counter[int] = Counter()
+        self.not_sip = 0
+        self.truncated = 0
+        self.duplicates = 0
+        self.duplicate_agents: set[int | None] = set()
+        self._copies = CopyFinder(dedup_window_us)
+        self.dialogs: dict[tuple[int | None, str], _Dialog] = {}
+        self.dialogs_untracked = 0
+        self.calls = CallIndex()  # B2BUA legs linked by correlation id are one call
+
+    def observe(self, ts_us: int, msg: HepMessage) -> None:
+        """Count one accepted message (in arrival order)."""
+        self.messages += 1
+        if self.first_us is None or ts_us < self.first_us:
+            self.first_us = ts_us
+        if self.last_us is None or ts_us > self.last_us:
+            self.last_us = ts_us
+        agent = self.agents.get(msg.capture_id)
+        if agent is None:
+            agent = self.agents[msg.capture_id] = _Agent()
+        agent.messages += 1
+        if msg.node_name:
+            agent.nodes.add(msg.node_name)
+        if agent.last_ts is not None and ts_us < agent.last_ts:
+            agent.backwards += 1
+            agent.max_backwards_us = max(agent.max_backwards_us, agent.last_ts - ts_us)
+        agent.last_ts = ts_us
+        self.versions[msg.version] += 1
+        ptype = msg.payload_type
+        self.payload_types[
+            "none" if ptype is None else PAYLOAD_TYPE_NAMES.get(ptype, str(ptype))
+        ] += 1
+        proto = proto_name(msg.ip_proto)
+        self.transports[proto] += 1
+        src, dst = (msg.src_ip, msg.src_port), (msg.dst_ip, msg.dst_port)
+        flow = (proto, src, dst)
+        if flow in self.directions or len(self.directions) < MAX_FLOWS:
+            self.directions[flow] += 1
+        if self._copies.is_copy(ts_us, msg):
+            self.duplicates += 1
+            self.duplicate_agents.add(msg.capture_id)
+        keys = keys_of(msg)
+        self.calls.observe(ts_us, msg, keys)
+        head = keys.head
+        if ptype not in (PayloadType.SIP, None):
+            return
+        if head is None:
+            self.not_sip += 1
+            return
+        if head.method is not None:
+            self.requests[head.method] += 1
+        elif head.status is not None:
+            self.responses[head.status] += 1
+        if is_truncated(msg.payload):
+            self.truncated += 1
+        if head.call_id:
+            self._dialog(msg, head, src, dst)
+
+    def _dialog(self, msg: HepMessage, head: sip.SipHead, src: Endpoint, dst: Endpoint) -> None:
+        key = (msg.capture_id, head.call_id or "")
+        d = self.dialogs.get(key)
+        if d is None:
+            if len(self.dialogs) >= MAX_DIALOGS:
+                self.dialogs_untracked += 1
+                return
+            d = self.dialogs[key] = _Dialog(msg.capture_id, msg.ip_proto, src, dst)
+        d.messages += 1
+        if src != d.src:
+            d.reverse = True
+        if head.method == "INVITE" or head.cseq_method == "INVITE":
+            d.invite = True
+
+    # -- rendering ---------------------------------------------------------------------
+    def one_way_dialogs(self) -> dict[tuple[int | None, str], tuple[int, int, _Dialog | None]]:
+        """Per (agent, transport): (dialogs seen one way, dialogs with ≥ 2 messages, an
+        example of a one-way dialog)."""
+        out: dict[tuple[int | None, str], tuple[int, int, _Dialog | None]] = {}
+        for d in self.dialogs.values():
+            if d.messages < 2:
+                continue
+            k = (d.agent, proto_name(d.ip_proto))
+            one, total, example = out.get(k, (0, 0, None))
+            if not d.reverse:
+                one, example = one + 1, example or d
+            out[k] = (one, total + 1, example)
+        return out
+
+    def one_way_flows(self) -> Counter[str]:
+        """Per transport: flows (≥ 2 messages) whose reverse direction never appears."""
+        out: Counter[str] = Counter()
+        dirs = self.directions
+        for (proto, src, dst), n in dirs.items():
+            if n >= 2 and (proto, dst, src) not in dirs:
+                out[proto] += 1
+        return out
+
+    def warnings(self, stats: Stats) -> list[str]:
+        """What a person must see, most important first."""
+        out = []
+        for (agent, proto), (one, total, ex) in sorted(
+            self.one_way_dialogs().items(), key=lambda kv: (-kv[1][0], str(kv[0]))
+        ):
+            if one and ex is not None:
+                out.append(
+                    f"agent {_agent(agent)}: {one} of {total} {proto} dialogs have messages "
+                    f"in one direction only (e.g. {_endpoint(ex.src)} -> {_endpoint(ex.dst)}); "
+                    "the capture is missing the other half"
+                )
+        flows = self.one_way_flows()
+        if flows:
+            text = ", ".join(f"{n} {proto}" for proto, n in sorted(flows.items()))
+            out.append(f"flows seen in one direction only: {text}")
+        if self.duplicates:
+            agents = ", ".join(sorted(map(_agent, self.duplicate_agents)))
+            out.append(
+                f"{self.duplicates} messages were mirrored again by another agent "
+                f"(copies sent by agent {agents}; --dedup keeps one copy)"
+            )
+        if self.truncated:
+            out.append(
+                f"{self.truncated} SIP messages are shorter than their Content-Length "
+                "(written as they are, noted sip_truncated)"
+            )
+        for agent_id, a in sorted(self.agents.items(), key=lambda kv: str(kv[0])):
+            if a.max_backwards_us >= BACKWARDS_WARN_US:
+                out.append(
+                    f"agent {_agent(agent_id)}: HEP time went backwards {a.backwards} "
+                    f"times, by up to {a.max_backwards_us / 1e6:.3f} s"
+                )
+        if stats.dropped:
+            out.append(f"{stats.dropped_total} messages dropped as malformed or unauthorised")
+        if stats.input_problems:
+            out.append(f"{sum(stats.input_problems.values())} problems reading the input")
+        if self.dialogs_untracked:
+            out.append(f"{self.dialogs_untracked} messages past {MAX_DIALOGS} dialogs not checked")
+        return out
+
+    def to_dict(self, stats: Stats) -> dict[str, Any]:
+        """Everything, as JSON-ready data (see info-schema.json)."""
+        calls = sum(1 for c in self.calls.calls.values() if c.method == "INVITE")
+        first, last = self.first_us, self.last_us
+        return {
+            "time": {
+                "first": _iso(first) if first is not None else None,
+                "last": _iso(last) if last is not None else None,
+                "duration_s": (last - first) / 1e6 if first is not None and last else 0.0,
+            },
+            "messages": {
+                "read": stats.read,
+                "accepted": self.messages,
+                "skipped": stats.skipped_total,
+                "dropped": stats.dropped_total,
+            },
+            "agents": [
+                {
+                    "id": agent_id,
+                    "nodes": sorted(a.nodes),
+                    "messages": a.messages,
+                    "time_backwards": a.backwards,
+                    "max_backwards_s": a.max_backwards_us / 1e6,
+                }
+                for agent_id, a in sorted(self.agents.items(), key=lambda kv: str(kv[0]))
+            ],
+            "versions": {f"HEPv{v}": n for v, n in sorted(self.versions.items())},
+            "payload_types": dict(self.payload_types.most_common()),
+            "transports": dict(self.transports.most_common()),
+            "directions": [
+                {"transport": p, "src": _endpoint(s), "dst": _endpoint(d), "messages": n}
+                for (p, s, d), n in self.directions.most_common(TOP_DIRECTIONS)
+            ],
+            "directions_total": len(self.directions),
+            "sip": {
+                "requests": dict(self.requests.most_common()),
+                "responses": {str(c): n for c, n in sorted(self.responses.items())},
+                "not_sip": self.not_sip,
+                "dialogs": len({cid for _, cid in self.dialogs}),
+                "calls": calls,
+                "truncated": self.truncated,
+            },
+            "duplicates": self.duplicates,
+            "one_way_dialogs": [
+                {"agent": agent, "transport": proto, "one_way": one, "dialogs": total}
+                for (agent, proto), (one, total, _) in sorted(
+                    self.one_way_dialogs().items(), key=lambda kv: str(kv[0])
+                )
+            ],
+            "skipped": _reasons(stats.skipped),
+            "dropped": _reasons(stats.dropped),
+            "input_problems": _reasons(stats.input_problems),
+            "repairs": _reasons(stats.warnings),
+            "warnings": self.warnings(stats),
+        }
+
+    def to_text(self, stats: Stats) -> str:
+        """The report for a person."""
+        d = self.to_dict(stats)
+        t, m, s = d["time"], d["messages"], d["sip"]
+        lines = [
+            f"time:        {t['first'] or '-'} .. {t['last'] or '-'} ({t['duration_s']:.1f} s)",
+            f"messages:    read {m['read']}, accepted {m['accepted']}, "
+            f"skipped {m['skipped']}, dropped {m['dropped']}",
+            "agents:      "
+            + (
+                ", ".join(
+                    f"{_agent(a['id'])}"
+                    + (f" ({'/'.join(a['nodes'])})" if a["nodes"] else "")
+                    + f"={a['messages']}"
+                    for a in d["agents"]
+                )
+                or "-"
+            ),
+            f"versions:    {_kv(d['versions'])}",
+            f"payload:     {_kv(d['payload_types'])}",
+            f"transports:  {_kv(d['transports'])}",
+            f"requests:    {_kv(s['requests'])}",
+            f"responses:   {_kv(s['responses'])}",
+            f"dialogs:     {s['dialogs']} Call-IDs, {s['calls']} calls (INVITE; B2BUA legs "
+            "linked by correlation id count once)",
+        ]
+        dirs = d["directions"]
+        if dirs:
+            lines.append(f"directions:  {d['directions_total']} (busiest first)")
+            lines.extend(
+                f"  {x['src']} -> {x['dst']} {x['transport']}: {x['messages']}" for x in dirs
+            )
+        for name in ("skipped", "dropped", "input_problems", "repairs"):
+            if d[name]:
+                lines.append(f"{name.replace('_', ' ') + ':':13}{_kv(d[name])}")
+        warnings = d["warnings"]
+        lines.append(f"warnings:    {len(warnings) or 'none'}")
+        lines.extend(f"  ! {w}" for w in warnings)
+        return "\n".join(lines)
+
+
+def _agent(agent: int | None) -> str:
+    return "none" if agent is None else str(agent)
+
+
+def _kv(data: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in data.items()) or "-"
+
+
+def _reasons(counter: Counter[Reason]) -> dict[str, int]:
+    return {r.value: n for r, n in sorted(counter.items(), key=lambda kv: kv[0].value)}

@@ -1,0 +1,148 @@
+"""report.py (hep2pcap info): counts, and the warnings that say a capture is incomplete."""
+
+from __future__ import annotations
+
+import json
+from contextlib import ExitStack
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from hep2pcap.errors import Reason
+from hep2pcap.pipeline import Options, observe
+from hep2pcap.report import Report
+from hep2pcap.sources import open_inputs
+from hep2pcap.stats import Stats
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+TICKET = FIXTURES / "hep" / "ticket.hep"
+MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
+FACTS = MANIFEST["hep/ticket.hep"]["ticket"]
+SCHEMA = json.loads(resources.files("hep2pcap").joinpath("info-schema.json").read_text())
+
+
+def report_of(*paths: Path) -> tuple[Report, Stats]:
+    report, stats = Report(), Stats()
+    with ExitStack() as stack:
+        sources = open_inputs(tuple(map(str, paths)), stack, [])
+        observe(sources, Options(payload_types=None), stats, report.observe)
+    return report, stats
+
+
+@pytest.fixture(scope="module")
+def ticket() -> tuple[Report, Stats, dict[str, Any]]:
+    report, stats = report_of(TICKET)
+    return report, stats, report.to_dict(stats)
+
+
+def test_json_is_valid_against_the_schema(ticket: tuple[Report, Stats, dict[str, Any]]) -> None:
+    jsonschema.validate(ticket[2], SCHEMA)
+    json.dumps(ticket[2])
+
+
+def test_schema_rejects_what_it_should() -> None:
+    # The schema is a real check: a wrong type or a missing key fails.
+    report, stats = report_of(TICKET)
+    data = report.to_dict(stats)
+    data["messages"]["read"] = "many"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(data, SCHEMA)
+    del data["messages"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(data, SCHEMA)
+
+
+def test_counts(ticket: tuple[Report, Stats, dict[str, Any]]) -> None:
+    _, stats, d = ticket
+    hep_messages = MANIFEST["hep/ticket.hep"]["hep_messages"]
+    assert d["messages"]["read"] == hep_messages
+    assert d["messages"]["dropped"] == 0
+    # the TCP agent's 7 HEP packets carry 7 SIP messages, one cut over two packets and two
+    # packed in one: re-cut before counting
+    assert d["messages"]["accepted"] == hep_messages
+    assert d["versions"] == {"HEPv3": hep_messages}
+    assert d["transports"]["TLS"] > 0
+    assert d["transports"]["UDP"] > 0
+    assert d["transports"]["TCP"] == 7
+    assert {a["id"] for a in d["agents"]} == {300, 301, 302, 303}
+    assert next(a for a in d["agents"] if a["id"] == 301)["nodes"] == ["fs1"]
+    assert d["sip"]["requests"]["INVITE"] >= 7
+    assert d["sip"]["responses"]["401"] == 1
+    assert d["sip"]["calls"] == 3 + 3 + 1  # a B2BUA call's two legs are one call
+    assert d["repairs"]["sip_split"] == 1
+    assert d["repairs"]["sip_joined"] == 1
+    assert stats.warnings[Reason.SIP_TRUNCATED] == FACTS["truncated"]
+
+
+def test_fs_9657_one_direction_warning(ticket: tuple[Report, Stats, dict[str, Any]]) -> None:
+    _, _, d = ticket
+    one_way = {(x["agent"], x["transport"]): x for x in d["one_way_dialogs"]}
+    fs = one_way[(FACTS["one_way"]["agent"], FACTS["one_way"]["transport"])]
+    assert fs["one_way"] == fs["dialogs"] == FACTS["one_way"]["dialogs"]
+    assert all(x["one_way"] == 0 for k, x in one_way.items() if k[0] != 301)
+    assert any(
+        w.startswith("agent 301: 3 of 3 TLS dialogs have messages in one direction only")
+        for w in d["warnings"]
+    )
+
+
+def test_copies_truncation_warnings(ticket: tuple[Report, Stats, dict[str, Any]]) -> None:
+    _, _, d = ticket
+    assert d["duplicates"] == FACTS["copies"]
+    assert any("mirrored again by another agent" in w and "302" in w for w in d["warnings"])
+    assert d["sip"]["truncated"] == FACTS["truncated"]
+    assert any("shorter than their Content-Length" in w for w in d["warnings"])
+
+
+def test_complete_capture_has_no_direction_warning() -> None:
+    report, stats = report_of(FIXTURES / "hep" / "sample-call.hep")
+    d = report.to_dict(stats)
+    assert d["warnings"] == []
+    assert all(x["one_way"] == 0 for x in d["one_way_dialogs"])
+    assert "warnings:    none" in report.to_text(stats)
+
+
+def test_time_going_backwards_per_agent() -> None:
+    # multi-agent.hep: agent 2002's batch is written after agent 2001's later messages,
+    # but each agent's own time only moves forwards.
+    report, stats = report_of(FIXTURES / "hep" / "multi-agent.hep")
+    d = report.to_dict(stats)
+    assert all(a["time_backwards"] == 0 for a in d["agents"])
+    jsonschema.validate(d, SCHEMA)
+
+
+def test_backwards_jump_is_a_warning() -> None:
+    from hep2pcap.hep import HepMessage
+
+    report = Report()
+    for ts in (10_000_000, 12_000_000, 9_000_000):
+        report.observe(
+            ts,
+            HepMessage(3, 17, b"\1\2\3\4", b"\1\2\3\5", 1, 2, ts, b"x", capture_id=9),
+        )
+    d = report.to_dict(Stats())
+    assert d["agents"][0]["time_backwards"] == 1
+    assert d["agents"][0]["max_backwards_s"] == 3.0
+    assert any(
+        "agent 9: HEP time went backwards 1 times, by up to 3.000 s" in w for w in d["warnings"]
+    )
+
+
+def test_text_report_mentions_every_section(ticket: tuple[Report, Stats, dict[str, Any]]) -> None:
+    report, stats, _ = ticket
+    text = report.to_text(stats)
+    for head in (
+        "time:",
+        "messages:",
+        "agents:",
+        "transports:",
+        "requests:",
+        "dialogs:",
+        "warnings:",
+    ):
+        assert head in text
+    assert "TLS=" in text
+    assert "fs1" in text
