@@ -80,6 +80,7 @@ FUZZ_SECONDS ?= 120
 FUZZ_TIMEOUT ?= 10
 FUZZ_DIR     ?= /tmp/hep2pcap-fuzz
 fuzz: install-dev
+	$(PY) -m pip install -q -e '.[fuzz]'
 	nice $(PY) tests/fuzz.py all --seconds $(FUZZ_SECONDS) --timeout $(FUZZ_TIMEOUT) --work $(FUZZ_DIR)
 
 clean:

@@ -810,10 +810,16 @@ def split_cmd(
         with ExitStack() as stack:
             inputs = _spool_stdin(inputs, stack)
             observers: list[Callable[[int, HepMessage], None]] = [index.observe]
-            if selector is not None and criteria.per_dialog:
-                observers.append(selector.observe)
+            keep = None
+            if selector is not None:
+                # the index learns only what the filters let through, so calls have no gaps
+                accepts = criteria.accepts
+                observers = [lambda ts, msg: index.observe(ts, msg) if accepts(ts, msg) else None]
+                if criteria.per_dialog:
+                    observers.append(selector.observe)
+                    keep = selector.keeps
             _first_pass(inputs, options, ports, lenient, *observers)
-            calls = index.plan()
+            calls = index.plan(keep)
             writer = SplitWriter(directory, index, options.linktype, comments=options.comments)
             stages: list[Stage] = []
             if selector is not None:

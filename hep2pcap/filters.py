@@ -190,6 +190,11 @@ class Selector:
         if self.criteria.accepts(ts_us, msg):
             self._see(msg)
 
+    def keeps(self, call_id: str) -> bool:
+        """After observe(): whether the dialog filters keep the call of this Call-ID."""
+        root = self.dialogs.find(call_id)
+        return root is not None and self.criteria.wanted(self._bits.get(root, 0))
+
     def stage(self, items: Iterator[Any]) -> Iterator[Any]:
         """Second pass (offline), or the only pass when no dialog filter is set: the
         messages to write."""

@@ -107,10 +107,20 @@ class CallIndex:
         ):
             call.final = head.status
 
-    def plan(self) -> list[Call]:
-        """Number the calls by start time and name their files."""
+    def plan(self, keep: Callable[[str], bool] | None = None) -> list[Call]:
+        """Number the calls by start time and name their files.
+
+        Args:
+            keep: when set, only calls whose first Call-ID it accepts get a file (the
+                dialog filters' decision), so the numbers have no gaps.
+        """
         ordered = sorted(
-            (c for c in self.calls.values() if c.dialog), key=lambda c: (c.first_us, c.call_ids)
+            (
+                c
+                for c in self.calls.values()
+                if c.dialog and (keep is None or (c.call_ids and keep(c.call_ids[0])))
+            ),
+            key=lambda c: (c.first_us, c.call_ids),
         )
         for number, call in enumerate(ordered, 1):
             call.file = file_name(number, call.call_ids[0] if call.call_ids else "call")

@@ -308,3 +308,111 @@ def test_reader_closing_stdout_ends_quietly(tmp_path: Path) -> None:
     assert len(head) == 1000
     assert conv.returncode == 0
     assert err == b""
+
+
+# --- issue 4: filters, split, info ---------------------------------------------------------
+
+TICKET = Path(__file__).resolve().parent.parent / "fixtures" / "hep" / "ticket.hep"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--host", "example.com"], "not an IP address"),
+        (["--since", "yesterday"], "is not ISO 8601"),
+        (["--until", "2026-13-01"], "is not ISO 8601"),
+        (["--match", "(unclosed"], "--match"),
+        (["-v"], "-i/--ignore-case and -v/--invert-match go with --match"),
+        (["-i"], "go with --match"),
+        (["--port", "70000"], "70000"),
+    ],
+)
+def test_filter_errors_are_one_line(
+    dump: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    code, _, err = _run(["convert", str(dump), "-w", str(tmp_path / "o.pcapng"), *args])
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_call_id_filter_counts_what_it_left_out(dump: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o.pcapng"
+    code, _, err = _run(["convert", str(dump), "-w", str(out), "--call-id", "nope"])
+    assert code == 0
+    assert _epb_count(out.read_bytes()) == 0
+    assert "left out by filters: 2" in err
+    code, _, err = _run(["convert", str(dump), "-w", str(out), "--call-id", "c1"])
+    assert _epb_count(out.read_bytes()) == 2
+
+
+def test_dialog_filter_reads_stdin_twice(dump: Path) -> None:
+    code, out, err = _run(
+        ["convert", "-", "-w", "-", "--method", "INVITE"], stdin=dump.read_bytes()
+    )
+    assert code == 0, err
+    assert _epb_count(out) == 2
+
+
+def test_info_text_and_json(tmp_path: Path) -> None:
+    import json
+
+    code, out, err = _run(["info", str(TICKET)])
+    assert code == 0, err
+    assert b"one direction only" in out
+    code, out, _ = _run(["info", "--json", str(TICKET)])
+    data = json.loads(out)
+    assert data["sip"]["calls"] == 7
+
+
+def test_info_on_a_missing_file_is_one_line(tmp_path: Path) -> None:
+    code, _, err = _run(["info", str(tmp_path / "missing.hep")])
+    assert code != 0
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_split_writes_files_and_index(tmp_path: Path) -> None:
+    outdir = tmp_path / "calls"
+    code, _, err = _run(["split", str(TICKET), "-d", str(outdir), "--agent", "301"])
+    assert code == 0, err
+    names = sorted(p.name for p in outdir.iterdir())
+    assert names == [
+        "00001_t-fs0@10.2.0.5.pcapng",
+        "00002_t-fs1@10.2.0.5.pcapng",
+        "00003_t-fs2@10.2.0.5.pcapng",
+        "index.tsv",
+    ]
+    assert "3 calls written" in err
+
+
+def test_split_into_a_file_path_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = _run(["split", str(TICKET), "-d", str(blocker)])
+    assert code == 1
+    assert "cannot create" in err
+    assert "Traceback" not in err
+
+
+def test_split_with_a_dialog_filter_numbers_only_kept_calls(tmp_path: Path) -> None:
+    outdir = tmp_path / "calls"
+    code, _, err = _run(
+        [
+            "split",
+            str(TICKET),
+            "-d",
+            str(outdir),
+            "--call-id",
+            "t-call1-b@10.1.0.1",
+            "--other",
+            "drop",
+        ]
+    )
+    assert code == 0, err
+    assert sorted(p.name for p in outdir.iterdir()) == [
+        "00001_t-call1-a@203.0.113.10.pcapng",
+        "index.tsv",
+    ]
+    index = (outdir / "index.tsv").read_text().splitlines()
+    assert index[1].split("\t")[-1].split() == ["t-call1-a@203.0.113.10", "t-call1-b@10.1.0.1"]

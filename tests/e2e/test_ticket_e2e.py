@@ -200,6 +200,7 @@ def test_tcp_sip_cut_and_packed_comes_out_one_frame_per_message(
         ["--match", "CSEQ: 2 BYE", "-i"],
         ["--match", "monitor@", "-v"],
         ["--correlation-id", "t-call2-a@203.0.113.10"],
+        ["--since", "2025-11-26T16:10:00Z", "--until", "1764174600"],  # 16:10 .. 16:30
     ],
     ids=lambda a: " ".join(a),
 )
