@@ -11,6 +11,7 @@ edge like ``sources/``: it opens files and reads the wall clock; the block layou
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections import deque
@@ -23,6 +24,11 @@ from .pcapng import PcapngWriter
 
 #: Bytes held in memory before they are written, at most (also written on every flush).
 BLOCK_BUFFER = 256 * 1024
+#: When the next file cannot be created, capture goes on in the current one and the
+#: rotation is tried again this much later.
+ROTATE_RETRY_S = 5.0
+
+log = logging.getLogger("hep2pcap")
 
 
 class BlockFile:
@@ -108,6 +114,9 @@ class RotatingWriter:
         self.max_files = max_files
         self.clock = clock
         self.files_opened = 0
+        #: rotations that could not create the next file (capture went on in the old one)
+        self.rotate_failures = 0
+        self._retry_at = 0.0
         self._numbered = (
             max_bytes is not None
             or max_files is not None
@@ -140,7 +149,7 @@ class RotatingWriter:
             self._reopen
             or (self.max_bytes is not None and writer.bytes_written >= self.max_bytes)
             or (self.interval_s is not None and self.clock() >= self._rotate_at)
-        ):
+        ) and (not self.rotate_failures or self.clock() >= self._retry_at):
             self._rotate()
             writer = self._writer
             assert writer is not None
@@ -163,9 +172,23 @@ class RotatingWriter:
         return self._writer.bytes_written if self._writer is not None else 0
 
     def _rotate(self) -> None:
+        # The next file is opened before the current one is closed: when it cannot be
+        # (directory removed or read-only, disk full), capture goes on where it was.
         self._reopen = False
-        self._close_current()
-        self._open_next()
+        old = (self._file, self._out, self._writer, self.current_path)
+        try:
+            self._open_next()
+        except Hep2PcapError as exc:
+            self.rotate_failures += 1
+            self._retry_at = self.clock() + ROTATE_RETRY_S
+            log.warning("%s; still writing to %s", exc, old[3])
+            return
+        file, out, _, _ = old
+        if out is not None and file is not None:
+            try:
+                out.flush()
+            finally:
+                file.close()
 
     def _close_current(self) -> None:
         if self._out is not None and self._file is not None:

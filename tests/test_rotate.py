@@ -183,3 +183,47 @@ def test_unwritable_path_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(Hep2PcapError, match="cannot write"):
         RotatingWriter(str(tmp_path / "missing-dir" / "x.pcapng"), LINKTYPE_ETHERNET)
+
+
+@pytest.mark.parametrize("fault", ["removed", "replaced by a file"])
+def test_next_file_impossible_capture_goes_on_in_the_current_one(
+    tmp_path: Path, fault: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The output directory disappears (or becomes a file) mid-rotation: nothing is lost
+    # that can be kept, no exception reaches the capture loop, and the rotation is tried
+    # again later — and succeeds once the directory is back.
+    import shutil
+
+    from hep2pcap import rotate
+
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    now = [1000.0]
+    w = RotatingWriter(
+        str(outdir / "live.pcapng"), LINKTYPE_ETHERNET, interval_s=60, clock=lambda: now[0]
+    )
+    _write(w, 2)
+    first = outdir / "live.00000.pcapng"
+    moved = tmp_path / "kept.pcapng"
+    w.flush()
+    shutil.copy(first, moved)  # what was flushed before the fault
+    shutil.rmtree(outdir)
+    if fault == "replaced by a file":
+        outdir.write_text("not a directory")
+    now[0] += 61
+    with caplog.at_level("WARNING", logger="hep2pcap"):
+        _write(w, 3)
+    assert w.rotate_failures == 1
+    assert "cannot write" in caplog.text
+    assert "still writing to" in caplog.text
+    assert len(read_file(moved)) == 2
+    # back again: the next attempt (after ROTATE_RETRY_S) opens a new file
+    if fault == "replaced by a file":
+        outdir.unlink()
+    outdir.mkdir()
+    now[0] += rotate.ROTATE_RETRY_S + 1
+    _write(w, 4)
+    w.close()
+    files = sorted(outdir.iterdir())
+    assert len(files) == 1
+    assert len(read_file(files[0])) == 4
