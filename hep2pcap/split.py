@@ -188,8 +188,9 @@ class SplitWriter:
     """Writes each call's frames to its own pcapng (and the rest to other.pcapng).
 
     Frames are buffered in memory (MAX_BUFFERED_BYTES over all files) and appended to
-    their files in bulk, so thousands of calls need neither thousands of open files nor
-    memory for a whole capture.
+    their files in bulk; a call whose last message (counted in the first pass) has been
+    routed is written out and forgotten. So thousands of calls need neither thousands of
+    open files nor memory for more than the calls in progress.
 
     Args:
         directory: an existing directory.
@@ -205,25 +206,42 @@ class SplitWriter:
         self.linktype = linktype
         self.comments = comments
         self._writers: dict[str, tuple[PcapngWriter, _Spool]] = {}
+        self._names: set[str] = set()  # every file started
+        self._left: dict[str, int] = {}  # messages still to come, per call file
+        self._done: list[str] = []  # calls complete: write out at the next message
         self.buffered = 0  # bytes held over all files
 
     def writer_for(self, msg: HepMessage) -> PcapngWriter:
         """Where one message's frames go (the Converter's route)."""
-        call = self.index.call_of(msg)
-        name = call.file if call is not None and call.file else OTHER_NAME
+        if self._done:
+            for done in self._done:
+                self._write_out(self._writers.pop(done)[1])
+            self._done.clear()
         if self.buffered > MAX_BUFFERED_BYTES:
             self.flush()
+        call = self.index.call_of(msg)
+        name = call.file if call is not None and call.file else OTHER_NAME
         entry = self._writers.get(name)
+        if entry is None and name in self._names:  # more than the first pass saw (input grew)
+            name = OTHER_NAME
+            entry = self._writers.get(name)
         if entry is None:
             spool = _Spool(os.path.join(self.directory, name), self)
             writer = PcapngWriter(spool, self.linktype, comments=self.comments)  # type: ignore[arg-type]
             entry = self._writers[name] = (writer, spool)
+            self._names.add(name)
+        if call is not None and name != OTHER_NAME:
+            left = self._left.pop(name, call.messages) - 1
+            if left > 0:
+                self._left[name] = left
+            else:
+                self._done.append(name)
         return entry[0]
 
     @property
     def files(self) -> list[str]:
         """The names of the files written (or about to be)."""
-        return sorted(self._writers)
+        return sorted(self._names)
 
     def write_packet(
         self, agent: int | None, node: str | None, ts_us: int, frame: bytes, comment: str | None
@@ -234,17 +252,25 @@ class SplitWriter:
     def flush(self) -> None:
         """Append every buffered byte to its file."""
         for _, spool in self._writers.values():
-            if not spool.data:
-                continue
-            try:
-                with open(spool.path, "ab" if spool.started else "wb") as out:
-                    out.write(spool.data)
-            except OSError as exc:
-                raise Hep2PcapError(f"{spool.path}: cannot write: {exc.strerror or exc}") from exc
-            spool.started = True
-            spool.data.clear()
+            self._write_out(spool)
         self.buffered = 0
 
+    def _write_out(self, spool: _Spool) -> None:
+        if not spool.data:
+            return
+        try:
+            with open(spool.path, "ab" if spool.started else "wb") as out:
+                out.write(spool.data)
+        except OSError as exc:
+            raise Hep2PcapError(f"{spool.path}: cannot write: {exc.strerror or exc}") from exc
+        spool.started = True
+        self.buffered -= len(spool.data)
+        spool.data = bytearray()
+
     def close(self) -> None:
-        """Flush everything (files stay complete pcapng at every flush)."""
+        """Write everything out (files are complete pcapng at every flush)."""
+        if self._done:
+            for done in self._done:
+                self._write_out(self._writers.pop(done)[1])
+            self._done.clear()
         self.flush()
