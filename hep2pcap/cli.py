@@ -287,8 +287,23 @@ def _options(
     )
 
 
+#: Options of the commands that read saved dumps (convert, info, split).
+INPUTS = click.argument(
+    "inputs", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True)
+)
+HEP_PORT = click.option(
+    "--hep-port", "hep_ports", multiple=True, type=click.IntRange(1, 65535), metavar="PORT",
+    help="In pcaps, UDP/TCP port carrying HEP (v1/v2 need it; HEP3 is found on any port). "
+    "Repeatable; default 9060.",
+)  # fmt: skip
+LENIENT = click.option(
+    "--lenient", is_flag=True,
+    help="Accept the 'EEP3' alias; in raw dumps, skip stray bytes to the next HEP3 header.",
+)  # fmt: skip
+
+
 @cli.command(context_settings=CONTEXT)
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True))
+@INPUTS
 @click.option(
     "-w", "--write", "output", required=True, metavar="FILE", help="Output file, '-' for stdout."
 )
@@ -304,16 +319,9 @@ def _options(
     metavar="SECONDS",
     help="Reorder window in seconds of HEP time.",
 )  # fmt: skip
-@click.option(
-    "--hep-port", "hep_ports", multiple=True, type=click.IntRange(1, 65535), metavar="PORT",
-    help="In pcaps, UDP/TCP port carrying HEP (v1/v2 need it; HEP3 is found on any port). "
-    "Repeatable; default 9060.",
-)  # fmt: skip
+@HEP_PORT
 @click.option("--strict", is_flag=True, help="Fail (exit 1) on the first malformed message.")
-@click.option(
-    "--lenient", is_flag=True,
-    help="Accept the 'EEP3' alias; in raw dumps, skip stray bytes to the next HEP3 header.",
-)  # fmt: skip
+@LENIENT
 @frame_options
 @select_options
 def convert_cmd(
@@ -674,18 +682,6 @@ def listen_cmd(
 
 
 # ---- info and split (issue 4: the support-ticket workflow) -------------------------------
-
-INPUTS = click.argument(
-    "inputs", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True)
-)
-HEP_PORT = click.option(
-    "--hep-port", "hep_ports", multiple=True, type=click.IntRange(1, 65535), metavar="PORT",
-    help="In pcaps, UDP/TCP port carrying HEP (default 9060; HEP3 is found on any port).",
-)  # fmt: skip
-LENIENT = click.option(
-    "--lenient", is_flag=True,
-    help="Accept the 'EEP3' alias; in raw dumps, skip stray bytes to the next HEP3 header.",
-)  # fmt: skip
 
 
 @cli.command("info", context_settings=CONTEXT)
