@@ -30,7 +30,7 @@ from scapy.packet import Raw
 from hep2pcap.errors import InputError, Reason
 from hep2pcap.hep import HepMessage, decode, encode
 from hep2pcap.pipeline import Problem, Record
-from hep2pcap.sources import open_input
+from hep2pcap.sources import open_input, pcapfile
 from hep2pcap.sources.pcapfile import MIDSTREAM_SCAN_LIMIT, PcapSource
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures-public"
@@ -1073,3 +1073,25 @@ def test_corrupted_files_never_raise(seed: int) -> None:
     items = read(bytes(base[:cut]))
     assert all(isinstance(i, Record | Problem) for i in items)
     assert all(isinstance(i.pos, int) and i.pos >= 1 for i in items)
+
+
+def test_out_of_order_bytes_are_bounded_over_all_flows(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each flow stays under its own cap, but together they pass the global one: the
+    # direction that adds the most recent bytes gives up its hole (counted), and the
+    # messages after the hole still come out.
+    monkeypatch.setattr(pcapfile, "OOO_SUM_FROM", 10)
+    b1 = len(MSGS[0])
+    b2 = b1 + len(MSGS[1])
+    held = len(STREAM) - b2  # what each flow holds beyond its hole
+    monkeypatch.setattr(pcapfile, "MAX_OUT_OF_ORDER_TOTAL", 2 * held + 1)
+    conns = [Tcp(sport=40000 + i) for i in range(3)]
+    frames = [c.seg(0, STREAM[:b1]) for c in conns]
+    frames += [c.seg(b2, STREAM[b2:]) for c in conns]  # a hole in each: 3 x held bytes
+    items = read(pcap(frames))
+    capped = [p for p in problems(items) if "of all flows full" in p.detail]
+    assert len(capped) == 1
+    assert capped[0].reason is Reason.TCP_STREAM_GAP
+    assert capped[0].pos == 6  # the third hole, when the sum passed the cap
+    # every flow still delivers what follows its hole (the other two at the end of input)
+    assert payloads(items).count(MSGS[2]) == 3
+    assert reasons(items) == Counter({Reason.TCP_STREAM_GAP: 3})

@@ -141,6 +141,11 @@ MAX_FRAGMENT_BYTES = 16 * 1024 * 1024
 FRAGMENT_TIMEOUT_US = 30_000_000
 MAX_FLOWS = 10_000
 MAX_OUT_OF_ORDER_BYTES = 1024 * 1024
+#: Out-of-order bytes held over all flows, at most (10k flows x 1 MiB would be 10 GB). The
+#: sum is taken only when a direction holds more than OOO_SUM_FROM bytes, which normal
+#: captures never do.
+MAX_OUT_OF_ORDER_TOTAL = 64 * 1024 * 1024
+OOO_SUM_FROM = 64 * 1024
 #: A TCP hole still open this long (capture time) after data beyond it arrived never fills.
 GAP_TIMEOUT_US = 10_000_000
 
@@ -1230,6 +1235,12 @@ class PcapSource:
                 half.gap_ts = ts
             while half.ooo_bytes > self._max_ooo and half.ooo and half.state <= _HEP:
                 self._skip_gap(key, half, ts, pos, "out-of-order buffer full")
+            if half.ooo_bytes > OOO_SUM_FROM:
+                total = sum(h.ooo_bytes for h in self._flows.values())
+                while total > MAX_OUT_OF_ORDER_TOTAL and half.ooo and half.state <= _HEP:
+                    before = half.ooo_bytes
+                    self._skip_gap(key, half, ts, pos, "out-of-order buffers of all flows full")
+                    total -= before - half.ooo_bytes
             if (
                 half.ooo
                 and ts is not None
