@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar, cast
 
 import click
 
@@ -43,12 +43,16 @@ OUTPUT_BUFFER = 1 << 20
 
 
 def _open_output(path: str, stack: ExitStack) -> BinaryIO:
+    # Whole blocks only, so a full disk leaves a file valid up to its last complete block.
+    from .rotate import BlockFile
+
     if path == "-":
         return sys.stdout.buffer
     try:
-        return stack.enter_context(open(path, "wb", buffering=OUTPUT_BUFFER))
+        raw = stack.enter_context(open(path, "wb", buffering=0))  # noqa: SIM115
     except OSError as exc:
         raise Hep2PcapError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+    return cast(BinaryIO, BlockFile(raw, limit=OUTPUT_BUFFER))
 
 
 def _payload_types(values: tuple[str, ...]) -> frozenset[int] | None:

@@ -34,6 +34,9 @@ log = logging.getLogger("hep2pcap")
 class BlockFile:
     """A write buffer that passes only whole blocks to ``raw`` (one ``write`` per batch).
 
+    When a write fails half-way (disk full), a regular file is cut back to the end of the
+    last batch written whole, so it stays a valid pcapng up to its last complete block.
+
     Args:
         raw: where bytes go; ``flush()`` is called on it after every batch.
         limit: buffered bytes that trigger a write.
@@ -44,6 +47,10 @@ class BlockFile:
         self._limit = limit
         self._parts: list[bytes] = []
         self._size = 0
+        try:
+            self._complete: int | None = raw.tell() if raw.seekable() else None
+        except (OSError, ValueError, AttributeError):
+            self._complete = None
 
     def write(self, block: bytes) -> int:
         """Buffer one whole block."""
@@ -55,14 +62,39 @@ class BlockFile:
 
     def flush(self) -> None:
         """Hand everything buffered to the OS."""
-        if self._parts:
-            data = memoryview(b"".join(self._parts))
-            self._parts.clear()
-            self._size = 0
-            while data:  # raw files may write less than asked
-                n = self._raw.write(data)
-                data = data[n if n is not None else len(data) :]
+        parts = self._parts
+        if parts:
+            data = memoryview(b"".join(parts))
+            size = len(data)
+            written = 0
+            try:
+                while written < size:  # raw files may write less than asked
+                    n = self._raw.write(data[written:])
+                    written += size - written if n is None else n
+            except OSError:
+                self._cut_back(parts, written)
+                raise
+            finally:
+                parts.clear()
+                self._size = 0
+            if self._complete is not None:
+                self._complete += size
         self._raw.flush()
+
+    def _cut_back(self, parts: list[bytes], written: int) -> None:
+        # The write failed after ``written`` bytes of the batch: keep the blocks that got
+        # there whole, cut the one that did not.
+        if self._complete is None:
+            return
+        whole = 0
+        for block in parts:
+            if whole + len(block) > written:
+                break
+            whole += len(block)
+        with contextlib.suppress(OSError, ValueError):
+            os.ftruncate(self._raw.fileno(), self._complete + whole)
+            self._raw.seek(self._complete + whole)
+            self._complete += whole
 
 
 def indexed(path: str, index: int) -> str:
