@@ -830,9 +830,8 @@ def split_cmd(
             convert(sources, writer, options, stats, select=_chain(stages),
                     route=writer.writer_for)  # fmt: skip
             writer.close()
-            write_index(
-                os.path.join(directory, INDEX_NAME), [c for c in calls if c.file in writer.files]
-            )
+            files = set(writer.files)
+            write_index(os.path.join(directory, INDEX_NAME), [c for c in calls if c.file in files])
     except Hep2PcapError as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
