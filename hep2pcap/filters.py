@@ -211,9 +211,7 @@ class Selector:
             if crit.per_dialog:
                 keys = keys_of(msg)
                 root = dialogs.group_of(keys)
-                group_bits = bits.get(root, 0) if root is not None else 0
-                if root is None:
-                    group_bits = crit.dialog_bits(msg, keys)
+                group_bits = crit.dialog_bits(msg, keys) if root is None else bits.get(root, 0)
                 if not wanted(group_bits):
                     stats.filtered += 1
                     continue

@@ -9,7 +9,6 @@ or sockets itself and reads no clock (ticks carry the time).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import heapq
 import hmac
@@ -33,7 +32,7 @@ from .hep import (
 )
 from .pcapng import LINKTYPE_ETHERNET, PacketWriter
 from .redact import redact
-from .repair import ARRIVAL_STEP, drop_copies, repair_sip
+from .repair import ARRIVAL_STEP, drop_copies, marked, repair_sip
 from .stats import Stats
 
 log = logging.getLogger("hep2pcap")
@@ -409,13 +408,7 @@ def _redact(items: Iterator[Item | Tick], stats: Stats) -> Iterator[Item | Tick]
             masked, what = redact(msg.payload)
             if what:
                 stats.warnings[Reason.REDACTED] += 1
-                item = (
-                    ts,
-                    arrival,
-                    dataclasses.replace(
-                        msg, payload=masked, warnings=(*msg.warnings, Reason.REDACTED)
-                    ),
-                )
+                item = (ts, arrival, marked(msg, Reason.REDACTED, payload=masked))
         yield item
 
 

@@ -47,7 +47,8 @@ def _tick_time(item: Any) -> int | None:
     return None if type(item) is tuple else int(item.now_us)
 
 
-def _marked(msg: HepMessage, *reasons: Reason, payload: bytes | None = None) -> HepMessage:
+def marked(msg: HepMessage, *reasons: Reason, payload: bytes | None = None) -> HepMessage:
+    """A copy of ``msg`` with these warnings added (and, if given, another payload)."""
     return dataclasses.replace(
         msg,
         payload=msg.payload if payload is None else payload,
@@ -95,7 +96,7 @@ def repair_sip(
         (ts, arrival, msg), data = held.pop(key)
         warnings[Reason.SIP_TRUNCATED] += 1
         joined = (Reason.SIP_JOINED,) if len(data) != len(msg.payload) else ()
-        return (ts, arrival, _marked(msg, *joined, Reason.SIP_TRUNCATED, payload=data))
+        return (ts, arrival, marked(msg, *joined, Reason.SIP_TRUNCATED, payload=data))
 
     def expire(now_us: int | None) -> Iterator[Item]:
         # Held messages whose rest did not come within hold_us (all of them at the end).
@@ -120,7 +121,7 @@ def repair_sip(
         if not resplit or msg.ip_proto not in STREAM_PROTOS:
             if is_truncated(msg.payload):
                 warnings[Reason.SIP_TRUNCATED] += 1
-                item = (ts, arrival, _marked(msg, Reason.SIP_TRUNCATED))
+                item = (ts, arrival, marked(msg, Reason.SIP_TRUNCATED))
             yield item
             continue
         if held and last_tick is None:
@@ -202,7 +203,7 @@ def _cut(
         if is_truncated(part):
             marks += (Reason.SIP_TRUNCATED,)
             warnings[Reason.SIP_TRUNCATED] += 1
-        yield (ts, arrival + i, _marked(msg, *marks, payload=part))
+        yield (ts, arrival + i, marked(msg, *marks, payload=part))
         begin = end
 
 

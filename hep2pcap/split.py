@@ -214,9 +214,7 @@ class SplitWriter:
     def writer_for(self, msg: HepMessage) -> PcapngWriter:
         """Where one message's frames go (the Converter's route)."""
         if self._done:
-            for done in self._done:
-                self._write_out(self._writers.pop(done)[1])
-            self._done.clear()
+            self._write_done()
         if self.buffered > MAX_BUFFERED_BYTES:
             self.flush()
         call = self.index.call_of(msg)
@@ -269,8 +267,11 @@ class SplitWriter:
 
     def close(self) -> None:
         """Write everything out (files are complete pcapng at every flush)."""
-        if self._done:
-            for done in self._done:
-                self._write_out(self._writers.pop(done)[1])
-            self._done.clear()
+        self._write_done()
         self.flush()
+
+    def _write_done(self) -> None:
+        # The calls whose last message has been written: out to their files, forgotten.
+        for done in self._done:
+            self._write_out(self._writers.pop(done)[1])
+        self._done.clear()
