@@ -3,7 +3,7 @@
 Owns: the block layouts of the pcapng draft (draft-ietf-opsawg-pcapng) — SHB, IDB, EPB,
 options, 32-bit padding — and the classic libpcap file format. Must never: open files,
 read clocks or decide what goes into a frame. The writers take any binary file object
-and write one whole block per call, so a reader sees complete blocks up to the last flush.
+and write one whole block per call, so the file holds complete blocks up to the last flush.
 
 All interfaces share one link type and snap length: libpcap (and so sngrep) refuses a
 pcapng whose interfaces differ in either.

@@ -2,8 +2,9 @@
 
 Owns: opening, naming, rotating (-C size, -G time, -W ring of N files, SIGHUP reopen) and
 flushing output files. Every file is a complete pcapng of its own (SHB, then an IDB per
-capture agent as first seen in that file). Blocks reach the OS whole — never half a block —
-so a reader (or a SIGKILL) sees a valid file up to the last flush. This module is an I/O
+capture agent as first seen in that file). Blocks reach the OS whole — one ``write`` per
+batch, never half a block — so the file is valid up to the last completed flush (a SIGKILL
+landing inside that ``write`` can leave its batch partly on disk). This module is an I/O
 edge like ``sources/``: it opens files and reads the wall clock; the block layouts stay in
 ``pcapng.py``.
 """

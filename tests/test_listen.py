@@ -671,10 +671,10 @@ def summary_counts(stderr: str) -> tuple[int, int]:
 
 
 def packets_in(path: Path) -> list[bytes]:
-    """Frames in a file that may still be growing (whole blocks only, as promised)."""
+    """Frames in a file that may still be growing (its whole blocks; a write may be under way)."""
     if not path.exists():
         return []
-    packets, _ = read_pcapng(path.read_bytes())
+    packets, _ = read_pcapng(path.read_bytes(), growing=True)
     return [p[2] for p in packets]
 
 
@@ -750,7 +750,10 @@ def test_cli_sigkill_leaves_a_file_valid_up_to_the_last_flush(tmp_path: Path) ->
     finally:
         stop.set()
         sender.join(TIMEOUT_S)
-    assert len(read_file(out)) >= 300  # whole blocks only, nothing cut in half
+    # Valid blocks up to the last flush. A kill that lands inside the write() of a batch can
+    # leave that batch partly on disk (the kernel stops copying on a fatal signal), so the
+    # tail may be a block cut short; everything before it must be whole.
+    assert len(packets_in(out)) >= 300
     # The receiver process notices and ends too: nothing is left holding the port.
     wait_until(lambda: not any(Path(f"/proc/{c}").exists() for c in children), what="child end")
 

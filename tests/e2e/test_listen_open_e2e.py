@@ -20,6 +20,7 @@ from e2e_support import (
     manifest,
     sngrep_dialogs,
     tshark_fields,
+    whole_blocks,
 )
 
 pytestmark = pytest.mark.e2e
@@ -68,7 +69,10 @@ def test_live_file_opens_while_running(
     deadline = time.monotonic() + LISTEN_DEADLINE_S
     rows: list[dict[str, str]] = []
     while time.monotonic() < deadline:
-        rows = tshark_fields(tshark, wireshark_env, out, ["sip.Call-ID"], display_filter="sip")
+        rows = tshark_fields(
+            tshark, wireshark_env, "-", ["sip.Call-ID"], display_filter="sip",
+            stdin=whole_blocks(out),
+        )  # fmt: skip
         if len(rows) >= want:
             break
         time.sleep(0.2)  # polling the file with a deadline; it is flushed every second

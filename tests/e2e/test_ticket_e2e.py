@@ -27,6 +27,7 @@ from e2e_support import (
     run_convert,
     sngrep_read,
     tshark_fields,
+    whole_blocks,
 )
 from scapy.layers.inet import TCP, UDP
 from scapy.utils import PcapNgReader
@@ -238,6 +239,8 @@ def send_hep_file(path: Path, port: int) -> None:
 def wait_frames(tshark: str, env: dict[str, str], path: Path, n: int) -> None:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        if path.exists() and len(sip_rows(tshark, env, path)) >= n:
+        snapshot = whole_blocks(path)  # the file is still being written
+        rows = tshark_fields(tshark, env, "-", SIP_FIELDS, display_filter="sip", stdin=snapshot)
+        if snapshot and len(rows) >= n:
             return
         time.sleep(0.3)
