@@ -191,6 +191,8 @@ class DecodeOptions:
         unknown_proto_udp: an IP protocol value outside HEP-SPEC §6 is kept (built as
             UDP) instead of rejected.
         max_inflated: cap for compressed payloads, in bytes.
+        templates: use the template fast path (on by default; results are the same
+            either way, so this is only for tests and measurements).
     """
 
     strict: bool = False
@@ -198,6 +200,7 @@ class DecodeOptions:
     use_receive_time: bool = False
     unknown_proto_udp: bool = False
     max_inflated: int = MAX_INFLATED_PAYLOAD
+    templates: bool = True
 
 
 DEFAULT_OPTIONS = DecodeOptions()
@@ -221,10 +224,18 @@ def decode(
     Raises:
         DecodeError: the bytes are not a usable HEP message; ``reason`` says why.
     """
-    if len(data) < 1:
-        raise DecodeError(Reason.TRUNCATED_HEADER, 0, "empty datagram")
     if ref_time_us is not None and ref_time_us < MIN_PLAUSIBLE_US:
         ref_time_us = None  # a capture clock that was never set (1970) is no reference
+    if options.templates and type(data) is bytes and data[:4] == HEP3_MAGIC:
+        msg = _decode_template(data, ref_time_us)
+        if msg is not None:
+            return msg
+        msg = _decode_v3(data, ref_time_us, options)
+        if not msg.warnings and not msg.compressed and msg.ip_proto in KNOWN_IP_PROTOS:
+            _learn_regions(data, msg)
+        return msg
+    if len(data) < 1:
+        raise DecodeError(Reason.TRUNCATED_HEADER, 0, "empty datagram")
     first = data[0]
     if first == 0x48 or first == 0x45:  # "H" / "E": v3 magic comes first (HEP-SPEC §1)
         return _decode_v3(data, ref_time_us, options)
@@ -455,6 +466,223 @@ def _learn(chunks: list[tuple[int, int]]) -> None:
         layout = _Layout(chunks)
         if all(known.headers != layout.headers for known in _layouts):
             _layouts.append(layout)
+
+
+# --- template decode -----------------------------------------------------------------
+#
+# Senders repeat themselves byte for byte: for one direction the chunks before the time
+# (family, proto, addresses, ports: "R1") are the same bytes in every message, headers
+# included, and so are one agent's chunks between the time and the payload (payload type,
+# capture id, node name, ...: "R2"). So a message of the shape
+#
+#     HEP3 header | R1 | TS_SEC | TS_USEC | R2 | PAYLOAD (last, ends the message)
+#
+# is decoded by looking R1 and R2 up as raw bytes in tables learned from earlier messages,
+# reading only the time and the payload chunk header. A region is learned only from a
+# message the full decoder accepted without warnings (so no duplicates, no vendor or
+# unknown chunks, no trailing bytes, no repaired time), uncompressed, with a known IP
+# protocol, and with R1 and R2 holding only the chunk types below (disjoint sets, so two
+# regions learned from different messages cannot hold the same chunk twice). Equal bytes
+# give equal values: what R1 and R2 decode to does not depend on the options, the reference
+# time or the other chunks. The time is checked per message exactly as the full decoder's
+# usual case checks it (exact chunk headers, usec < 10**6, plausible seconds for this
+# reference time). Anything else returns None and takes the full decoder, which also
+# raises every DecodeError: the fast path never raises.
+
+_R1_TYPES = frozenset(
+    {_C_IP_FAMILY, _C_IP_PROTO, _C_SRC_IP4, _C_DST_IP4, _C_SRC_IP6, _C_DST_IP6}
+    | {_C_SRC_PORT, _C_DST_PORT}
+)
+_R2_TYPES = frozenset(
+    {_C_PAYLOAD_TYPE, _C_CAPTURE_ID, _C_AUTH_KEY, _C_CORRELATION_ID, _C_NODE_NAME, _C_VLAN_ID}
+)
+_TIME_CHUNKS = struct.Struct("!6sI6sI")  # TS_SEC and TS_USEC chunks, HEP-SPEC §3.4
+_TS_SEC_HEAD = CHUNK_HEADER.pack(0, _C_TS_SEC, CHUNK_HEADER.size + 4)
+_TS_USEC_HEAD = CHUNK_HEADER.pack(0, _C_TS_USEC, CHUNK_HEADER.size + 4)
+_PAYLOAD_HEAD = CHUNK_HEADER.pack(0, _C_PAYLOAD, 0)[:4]  # vendor 0, type 0x000f; length varies
+_HEAD_AND_TIME = HEP3_HEADER.size + _TIME_CHUNKS.size
+#: Entries per generation of each region table (a table holds at most twice this).
+TEMPLATE_CAPACITY = 32768
+#: Distinct region lengths per table (a sender uses a few: IPv4/IPv6, node name lengths).
+MAX_REGION_LENGTHS = 16
+
+
+class _Regions:
+    """Region bytes -> ``(length, *values)``, bounded by two generations.
+
+    New and recalled entries go to ``hot``; when ``hot`` is full it becomes ``old`` and the
+    previous ``old`` is dropped, so an entry used at least once per generation stays (an
+    approximate LRU without per-hit bookkeeping; clearing a full table instead thrashes when
+    there are more live directions than entries, bench/README.md).
+    """
+
+    __slots__ = ("capacity", "hot", "lengths", "old")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.hot: dict[bytes, tuple[Any, ...]] = {}
+        self.old: dict[bytes, tuple[Any, ...]] = {}
+        self.lengths: list[int] = []
+
+    def recall(self, data: bytes, pos: int) -> tuple[Any, ...] | None:
+        """Look the region at ``pos`` up in the old generation; move a hit to the hot one."""
+        old = self.old
+        for n in self.lengths:
+            key = data[pos : pos + n]
+            value = old.pop(key, None)
+            if value is not None:
+                self._put(key, value)
+                return value
+        return None
+
+    def learn(self, key: bytes, value: tuple[Any, ...]) -> None:
+        """Remember ``value`` for the region bytes ``key``."""
+        if len(key) not in self.lengths:
+            if len(self.lengths) >= MAX_REGION_LENGTHS:
+                return
+            # Longest first: a learned region holds whole chunks of its own types only, so
+            # a longer key cannot match across the chunk that ends a shorter region (the
+            # time, or the payload); a shorter key can be a prefix of the real region.
+            self.lengths.append(len(key))
+            self.lengths.sort(reverse=True)
+        self._put(key, value)
+
+    def _put(self, key: bytes, value: tuple[Any, ...]) -> None:
+        hot = self.hot
+        if len(hot) >= self.capacity:
+            self.old = hot
+            self.hot = hot = {}
+        hot[key] = value
+
+
+_r1 = _Regions(TEMPLATE_CAPACITY)
+_r2 = _Regions(TEMPLATE_CAPACITY)
+
+
+def reset_templates(capacity: int = TEMPLATE_CAPACITY) -> None:
+    """Forget every learned region and set the table capacity (for tests and benchmarks).
+
+    Results never depend on what was learned; this only changes speed and memory.
+    """
+    global _r1, _r2
+    _r1 = _Regions(capacity)
+    _r2 = _Regions(capacity)
+
+
+def _decode_template(data: bytes, ref_time_us: int | None) -> HepMessage | None:
+    """The message from learned regions, or None: then the full decoder decides."""
+    size = len(data)
+    if size <= _HEAD_AND_TIME + CHUNK_HEADER.size or data[4] << 8 | data[5] != size:
+        return None
+    r1 = _r1
+    hot = r1.hot
+    for n in r1.lengths:
+        t1 = hot.get(data[6 : 6 + n])
+        if t1 is not None:
+            break
+    else:
+        t1 = r1.recall(data, 6)
+    if t1 is None:
+        return None
+    pos = 6 + t1[0]
+    if size - pos <= _TIME_CHUNKS.size + CHUNK_HEADER.size:
+        return None
+    sec_head, sec, usec_head, usec = _TIME_CHUNKS.unpack_from(data, pos)
+    if (
+        sec_head != _TS_SEC_HEAD
+        or usec_head != _TS_USEC_HEAD
+        or usec >= USEC_PER_S
+        or sec < MIN_PLAUSIBLE_S
+        or sec
+        > (NTP_EPOCH_OFFSET_S if ref_time_us is None else ref_time_us // USEC_PER_S + MAX_FUTURE_S)
+    ):
+        return None
+    pos += _TIME_CHUNKS.size
+    r2 = _r2
+    hot = r2.hot
+    for n in r2.lengths:
+        t2 = hot.get(data[pos : pos + n])
+        if t2 is not None:
+            break
+    else:
+        t2 = r2.recall(data, pos)
+    if t2 is None:
+        return None
+    pos += t2[0]
+    if (
+        size - pos <= CHUNK_HEADER.size
+        or data[pos : pos + 4] != _PAYLOAD_HEAD
+        or data[pos + 4] << 8 | data[pos + 5] != size - pos
+    ):
+        return None
+    return HepMessage(
+        3,
+        t1[1],
+        t1[2],
+        t1[3],
+        t1[4],
+        t1[5],
+        sec * USEC_PER_S + usec,
+        data[pos + CHUNK_HEADER.size :],
+        t2[1],
+        t2[2],
+        t2[3],
+        t2[4],
+        t2[5],
+        t2[6],
+        False,
+        (),
+    )
+
+
+def _learn_regions(data: bytes, msg: HepMessage) -> None:
+    """Learn R1 and R2 of a cleanly decoded message if it has the template shape."""
+    size = len(data)
+    unpack_chunk = CHUNK_HEADER.unpack_from
+    pos = HEP3_HEADER.size
+    # The message decoded without warnings: every chunk header is in bounds and generic.
+    while True:
+        _, ctype, clen = unpack_chunk(data, pos)
+        if ctype == _C_TS_SEC:
+            break
+        if ctype not in _R1_TYPES:
+            return
+        pos += clen
+    r1_end = pos
+    if data[pos : pos + 6] != _TS_SEC_HEAD or data[pos + 10 : pos + 16] != _TS_USEC_HEAD:
+        return
+    pos += _TIME_CHUNKS.size
+    r2_start = pos
+    while pos < size:
+        _, ctype, clen = unpack_chunk(data, pos)
+        if ctype == _C_PAYLOAD:
+            break
+        if ctype not in _R2_TYPES:
+            return
+        pos += clen
+    else:
+        return
+    if pos + clen != size:
+        return
+    r1 = (
+        r1_end - HEP3_HEADER.size,
+        msg.ip_proto,
+        msg.src_ip,
+        msg.dst_ip,
+        msg.src_port,
+        msg.dst_port,
+    )
+    r2 = (
+        pos - r2_start,
+        msg.payload_type,
+        msg.capture_id,
+        msg.auth_key,
+        msg.correlation_id,
+        msg.node_name,
+        msg.vlan_id,
+    )
+    _r1.learn(data[HEP3_HEADER.size : r1_end], r1)
+    _r2.learn(data[r2_start:pos], r2)
 
 
 def _pick_addresses(vals: dict[int, Any], warnings: list[Reason]) -> tuple[bytes, bytes]:
