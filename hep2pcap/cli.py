@@ -22,6 +22,8 @@ from . import __version__
 from .errors import Hep2PcapError
 from .filters import Criteria, Selector, compile_match, parse_host, parse_time
 from .hep import DecodeOptions, HepMessage, PayloadType
+from .offload import available as offloading_available
+from .offload import offloaded
 from .pcapng import LINKTYPE_ETHERNET, LINKTYPE_RAW, PacketWriter, PcapngWriter, PcapWriter
 from .pipeline import Options, Stage, convert, observe
 from .sources import ByteCounter, open_inputs
@@ -326,6 +328,11 @@ LENIENT = click.option(
 @HEP_PORT
 @click.option("--strict", is_flag=True, help="Fail (exit 1) on the first malformed message.")
 @LENIENT
+@click.option(
+    "--one-process", is_flag=True,
+    help="Read and decode in the same process that writes (by default a second process "
+    "does, so a conversion uses two cores; the output is the same).",
+)  # fmt: skip
 @frame_options
 @select_options
 def convert_cmd(
@@ -341,6 +348,7 @@ def convert_cmd(
     hep_ports: tuple[int, ...],
     strict: bool,
     lenient: bool,
+    one_process: bool,
     verbose: bool,
     quiet: bool,
     selection: Selection,
@@ -378,7 +386,11 @@ def convert_cmd(
             else:
                 writer = PcapngWriter(out, options.linktype, comments=options.comments)
             progress = _progress_printer(counters) if not quiet and sys.stderr.isatty() else None
-            convert(sources, writer, options, stats, on_progress=progress, select=select)
+            offload = None
+            if not one_process and offloading_available():
+                offload = functools.partial(offloaded, counters=counters)
+            convert(sources, writer, options, stats, on_progress=progress, select=select,
+                    offload=offload)  # fmt: skip
             if progress is not None:
                 click.echo("\r\033[K", nl=False, err=True)
     except Hep2PcapError as exc:

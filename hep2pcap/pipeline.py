@@ -377,6 +377,9 @@ PROGRESS_EVERY = 1 << 16
 
 #: A stage between decoding and writing (e.g. filters.Selector.stage): items in, items out.
 Stage = Callable[[Iterator[Item | Tick]], Iterator[Item | Tick]]
+#: Runs the front half of the loop (given as a function of the counters it updates)
+#: somewhere else and yields its items: offload.offloaded.
+Offload = Callable[[Callable[[Stats], Iterator[Item | Tick]], Stats], Iterator[Item | Tick]]
 
 
 def messages(sources: Iterable[Source], options: Options, stats: Stats) -> Iterator[Item | Tick]:
@@ -438,12 +441,15 @@ def convert(
     on_progress: Callable[[Stats], None] | None = None,
     select: Stage | None = None,
     route: Callable[[HepMessage], PacketWriter] | None = None,
+    offload: Offload | None = None,
 ) -> Stats:
     """Run the loop: read every source (merged by time), write frames, return the counters.
 
     ``on_progress(stats)`` (optional) is called every PROGRESS_EVERY messages;
     ``select`` (optional) filters the messages before the reorder window; ``route``
-    (optional) picks each message's writer.
+    (optional) picks each message's writer; ``offload`` (optional, e.g.
+    :func:`hep2pcap.offload.offloaded`) runs everything before the reorder window
+    elsewhere: it is called with the front half and ``stats`` and yields its items.
 
     Raises:
         StrictError: ``options.strict`` and a malformed message was found; everything
@@ -451,9 +457,12 @@ def convert(
         Hep2PcapError: a source failed as a whole (unreadable input).
     """
     stats = stats if stats is not None else Stats()
-    items = messages(sources, options, stats)
-    if select is not None:
-        items = select(items)
+
+    def front(counts: Stats) -> Iterator[Item | Tick]:
+        items = messages(sources, options, counts)
+        return select(items) if select is not None else items
+
+    items = front(stats) if offload is None else offload(front, stats)
     conv = Converter(writer, options, stats, route)
     count = 0
     try:

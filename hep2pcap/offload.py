@@ -1,0 +1,192 @@
+"""Run the front half of the loop in a second process, so a conversion uses two cores.
+
+Owns: the fork, the pipe between the two processes and its framing, and handing the child's
+counters back. The child runs the front half exactly as one process would (read, decode,
+accept, repair, filter: everything :func:`hep2pcap.pipeline.convert` does before the
+reorder window) and sends the resulting items in batches; the parent runs the reorder
+window, builds frames and writes, as before. The items are the same, in the same order, so
+the output is byte-identical to a one-process run (tests/test_offload.py).
+
+This module is an I/O edge like ``sources/``: it forks, owns file descriptors and signals.
+The child never writes anything but the pipe and stderr (log lines), and leaves with
+``os._exit`` so nothing it inherited (an output buffer, a temporary file) is flushed or
+removed twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import logging
+import os
+import pickle
+import signal
+import struct
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from .errors import Hep2PcapError
+from .hep import HepMessage
+from .pipeline import Item, Tick
+from .sources import ByteCounter
+from .stats import Stats
+
+log = logging.getLogger("hep2pcap")
+
+#: Items per batch on the pipe: large enough that pickling and the pipe's system calls are
+#: a small part of the cost, small enough that the parent starts writing at once.
+BATCH = 512
+_LENGTH = struct.Struct("<I")
+_ITEMS, _END, _ERROR = 0, 1, 2
+
+Front = Callable[[Stats], Iterator[Item | Tick]]
+
+
+def available() -> bool:
+    """Whether this platform can fork (Linux, macOS and other POSIX systems)."""
+    return hasattr(os, "fork")
+
+
+def offloaded(
+    front: Front, stats: Stats, counters: Sequence[ByteCounter] = ()
+) -> Iterator[Item | Tick]:
+    """Yield what ``front(stats)`` yields, computed in a forked child process.
+
+    Counters the front half updates (read, rejections, warnings, filtered…) are added to
+    ``stats`` at the end; ``stats.read`` and the ``counters``' byte counts follow the child
+    batch by batch, for the progress display. An exception raised in the child (StrictError,
+    an unreadable input) is raised here after every item before it.
+    """
+    before = copy.deepcopy(stats)  # the child starts from a copy of these counts
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        os.close(read_fd)
+        _child(front, stats, counters, write_fd)
+    os.close(write_fd)
+    pipe = os.fdopen(read_fd, "rb", buffering=1 << 20)
+    try:
+        yield from _receive(pipe, stats, before, counters)
+    finally:
+        pipe.close()  # a child still sending gets EPIPE and ends
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def _receive(
+    pipe: Any, stats: Stats, before: Stats, counters: Sequence[ByteCounter]
+) -> Iterator[Item | Tick]:
+    message = HepMessage
+    while True:
+        head = pipe.read(_LENGTH.size)
+        if len(head) < _LENGTH.size:
+            raise Hep2PcapError("the input reader process ended without finishing (killed?)")
+        (size,) = _LENGTH.unpack(head)
+        kind, body = pickle.loads(pipe.read(size))
+        if kind == _ITEMS:
+            read, done, batch, logged = body
+            for level, text in logged:
+                log.log(level, "%s", text)
+            stats.read = read
+            for counter, n in zip(counters, done, strict=False):
+                counter.done = n
+            for item in batch:
+                if len(item) == 1:
+                    yield Tick(item[0])
+                else:
+                    yield (item[0], item[1], message(*item[2:]))
+        else:
+            child, error = body
+            stats.read = before.read
+            _add_difference(stats, child, before)
+            if kind == _END:
+                return
+            exc, text = error
+            raise exc if exc is not None else Hep2PcapError(text)
+
+
+def _child(front: Front, stats: Stats, counters: Sequence[ByteCounter], fd: int) -> None:
+    code = 0
+    try:
+        # Ctrl-C and SIGTERM are the parent's to handle: it writes what it has and ends
+        # this process. A parent gone for good closes the pipe: the next send fails.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # Log lines go to the parent with the items, and are written there in order with
+        # everything else it prints (its stderr may not even be a file: click's CliRunner).
+        logged: list[tuple[int, str]] = []
+        log.handlers[:] = [_Collect(logged)]
+        batch: list[tuple[Any, ...]] = []
+
+        def progress() -> tuple[object, ...]:
+            lines = logged[:]
+            logged.clear()
+            return (stats.read, [c.done for c in counters], batch, lines)
+
+        try:
+            for item in front(stats):
+                if isinstance(item, Tick):
+                    batch.append((item.now_us,))
+                else:
+                    ts, arrival, m = item
+                    batch.append(
+                        (ts, arrival, m.version, m.ip_proto, m.src_ip, m.dst_ip, m.src_port,
+                         m.dst_port, m.ts_us, m.payload, m.payload_type, m.capture_id,
+                         m.auth_key, m.correlation_id, m.node_name, m.vlan_id, m.compressed,
+                         m.warnings)
+                    )  # fmt: skip
+                if len(batch) >= BATCH:
+                    _send(fd, _ITEMS, progress())
+                    batch = []
+        except Exception as exc:  # handed to the parent, raised there
+            _send(fd, _ITEMS, progress())
+            _send(fd, _ERROR, (stats, _portable(exc)))
+        else:
+            _send(fd, _ITEMS, progress())
+            _send(fd, _END, (stats, None))
+    except BrokenPipeError:
+        code = 0  # the parent stopped reading (an error of its own, or Ctrl-C)
+    except BaseException:  # a child must never return into the parent's code
+        code = 1
+    finally:
+        os._exit(code)
+
+
+class _Collect(logging.Handler):
+    """Keeps ``(level, message)`` of each record for the parent to log."""
+
+    def __init__(self, into: list[tuple[int, str]]) -> None:
+        super().__init__()
+        self._into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._into.append((record.levelno, record.getMessage()))
+
+
+def _send(fd: int, kind: int, body: object) -> None:
+    data = pickle.dumps((kind, body), pickle.HIGHEST_PROTOCOL)
+    view = memoryview(_LENGTH.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _portable(exc: Exception) -> tuple[Exception | None, str]:
+    # The exception itself when it survives pickling (StrictError, InputError…), else its text.
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # any failure means "send the text"
+        return None, f"input reader failed: {exc!r}"
+    return exc, str(exc)
+
+
+def _add_difference(stats: Stats, child: Stats, before: Stats) -> None:
+    # stats += child - before, field by field (the child began from a copy of ``before``).
+    for f in dataclasses.fields(Stats):
+        mine, theirs, base = (getattr(s, f.name) for s in (stats, child, before))
+        if isinstance(theirs, Counter):
+            mine.update(theirs - base)
+        elif theirs != base:
+            setattr(stats, f.name, (mine or 0) + theirs - (base or 0))
