@@ -25,7 +25,7 @@ from .hep import DecodeOptions, HepMessage, PayloadType
 from .offload import available as offloading_available
 from .offload import offloaded
 from .pcapng import LINKTYPE_ETHERNET, LINKTYPE_RAW, PacketWriter, PcapngWriter, PcapWriter
-from .pipeline import Options, Stage, convert, observe
+from .pipeline import Offload, Options, Stage, convert, observe
 from .sources import ByteCounter, open_inputs
 from .stats import Stats
 
@@ -306,6 +306,18 @@ LENIENT = click.option(
     "--lenient", is_flag=True,
     help="Accept the 'EEP3' alias; in raw dumps, skip stray bytes to the next HEP3 header.",
 )  # fmt: skip
+ONE_PROCESS = click.option(
+    "--one-process", is_flag=True,
+    help="Read and decode in the same process that writes (by default a second process "
+    "does, so the work uses two cores; the output is the same).",
+)  # fmt: skip
+
+
+def _offload(one_process: bool, counters: list[ByteCounter]) -> Offload | None:
+    # Two processes unless asked not to, or the platform cannot fork.
+    if one_process or not offloading_available():
+        return None
+    return functools.partial(offloaded, counters=counters)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -328,11 +340,7 @@ LENIENT = click.option(
 @HEP_PORT
 @click.option("--strict", is_flag=True, help="Fail (exit 1) on the first malformed message.")
 @LENIENT
-@click.option(
-    "--one-process", is_flag=True,
-    help="Read and decode in the same process that writes (by default a second process "
-    "does, so a conversion uses two cores; the output is the same).",
-)  # fmt: skip
+@ONE_PROCESS
 @frame_options
 @select_options
 def convert_cmd(
@@ -386,11 +394,8 @@ def convert_cmd(
             else:
                 writer = PcapngWriter(out, options.linktype, comments=options.comments)
             progress = _progress_printer(counters) if not quiet and sys.stderr.isatty() else None
-            offload = None
-            if not one_process and offloading_available():
-                offload = functools.partial(offloaded, counters=counters)
             convert(sources, writer, options, stats, on_progress=progress, select=select,
-                    offload=offload)  # fmt: skip
+                    offload=_offload(one_process, counters))  # fmt: skip
             if progress is not None:
                 click.echo("\r\033[K", nl=False, err=True)
     except Hep2PcapError as exc:
@@ -774,6 +779,7 @@ def info_cmd(
 )  # fmt: skip
 @HEP_PORT
 @LENIENT
+@ONE_PROCESS
 @frame_options
 @select_options
 def split_cmd(
@@ -784,6 +790,7 @@ def split_cmd(
     window_s: float,
     hep_ports: tuple[int, ...],
     lenient: bool,
+    one_process: bool,
     linktype: str,
     no_comments: bool,
     include_types: tuple[str, ...],
@@ -840,7 +847,7 @@ def split_cmd(
                 stages.append(index.calls_only(stats))
             sources = open_inputs(inputs, stack, [], lenient=lenient, hep_ports=ports)
             convert(sources, writer, options, stats, select=_chain(stages),
-                    route=writer.writer_for)  # fmt: skip
+                    route=writer.writer_for, offload=_offload(one_process, []))  # fmt: skip
             writer.close()
             files = set(writer.files)
             write_index(os.path.join(directory, INDEX_NAME), [c for c in calls if c.file in files])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import gc
 import logging
 import os
 import pickle
@@ -61,10 +62,15 @@ def offloaded(
     """
     before = copy.deepcopy(stats)  # the child starts from a copy of these counts
     read_fd, write_fd = os.pipe()
+    # Objects made before the fork are left out of garbage collection in the child, so its
+    # collections do not write to (and copy) the pages it shares with the parent (split's
+    # call index can be hundreds of MB).
+    gc.freeze()
     pid = os.fork()
     if pid == 0:  # the child: never returns
         os.close(read_fd)
         _child(front, stats, counters, write_fd)
+    gc.unfreeze()
     os.close(write_fd)
     pipe = os.fdopen(read_fd, "rb", buffering=1 << 20)
     try:

@@ -214,3 +214,17 @@ def test_cli_log_lines_of_the_reader_reach_stderr() -> None:
     assert (
         err.index("hep2pcap: ") < err.index("ambiguous_payload: both payload") < err.index("read 2")
     )
+
+
+@pytest.mark.parametrize("other", ["file", "drop"])
+def test_cli_split_default_equals_one_process(tmp_path: Path, other: str) -> None:
+    ticket = str(FIXTURES / "hep" / "ticket.hep")
+    outputs = []
+    for extra in ([], ["--one-process"]):
+        out = tmp_path / ("one" if extra else "two")
+        code, _, err = _cli("split", ticket, "-d", str(out), "--other", other, *extra)
+        assert code == 0
+        files = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+        outputs.append((files, err.replace(str(out), "DIR")))
+    assert len(outputs[0][0]) > 2  # calls, index.tsv (and other.pcapng)
+    assert outputs[0] == outputs[1]
