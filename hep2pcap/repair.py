@@ -193,7 +193,7 @@ def _cut(
     if joined:
         extra += (Reason.SIP_JOINED,)
         warnings[Reason.SIP_JOINED] += 1
-    if len(cuts) > 1:
+    if len(cuts) > 1 or rest_held:  # this packet's bytes go to more than one message
         extra += (Reason.SIP_SPLIT,)
         warnings[Reason.SIP_SPLIT] += 1
     begin = 0

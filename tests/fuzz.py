@@ -105,7 +105,7 @@ def _setup() -> dict[str, object]:
 
     with atheris.instrument_imports(include=["hep2pcap"]):
         from hep2pcap import hep
-        from hep2pcap.errors import DecodeError, Hep2PcapError, InputError
+        from hep2pcap.errors import DecodeError, Hep2PcapError, InputError, Reason
         from hep2pcap.pcapng import LINKTYPE_RAW, PcapngWriter
         from hep2pcap.pipeline import Options, Problem, Record, convert
         from hep2pcap.sources import GZIP_MAGIC, Gunzip, Prepended, _detect, read_up_to
@@ -232,7 +232,8 @@ def _setup() -> dict[str, object]:
             stats = convert([source], writer, options)
         except Hep2PcapError:
             return
-        assert stats.written <= stats.read
+        # More written than read only when a packet held several SIP messages (re-cut).
+        assert stats.written <= stats.read or stats.warnings[Reason.SIP_SPLIT] > 0
 
     return {"hep": fuzz_hep, "stream": fuzz_stream, "pcap": fuzz_pcap, "convert": fuzz_convert}
 

@@ -72,6 +72,16 @@ def test_packed_messages_are_split_one_per_frame() -> None:
     assert all(Reason.SIP_SPLIT in m.warnings for m in out)
 
 
+def test_a_message_and_the_start_of_the_next_count_as_a_split() -> None:
+    # One packet: A whole, then the first half of B (its rest never comes). Two messages
+    # come out of one packet, so the first is marked split (the fuzzer found it unmarked).
+    out, stats = run(A + B[:40])
+    assert [m.payload for m in out] == [A, B[:40]]
+    assert Reason.SIP_SPLIT in out[0].warnings
+    assert Reason.SIP_TRUNCATED in out[1].warnings
+    assert stats.warnings[Reason.SIP_SPLIT] == 1
+
+
 @pytest.mark.parametrize("cut", range(1, len(A + B)))
 def test_split_anywhere_is_joined(cut: int) -> None:
     # The sender cut the stream of two messages at every possible offset.
