@@ -524,8 +524,14 @@ class _Regions:
         self.old: dict[bytes, tuple[Any, ...]] = {}
         self.lengths: list[int] = []
 
-    def recall(self, data: bytes, pos: int) -> tuple[Any, ...] | None:
-        """Look the region at ``pos`` up in the old generation; move a hit to the hot one."""
+    def find(self, data: bytes, pos: int) -> tuple[Any, ...] | None:
+        """The values of the learned region at ``data[pos:]``, longest first (see learn);
+        a hit in the old generation moves to the hot one."""
+        hot = self.hot
+        for n in self.lengths:
+            value = hot.get(data[pos : pos + n])
+            if value is not None:
+                return value
         old = self.old
         for n in self.lengths:
             key = data[pos : pos + n]
@@ -574,17 +580,10 @@ def _decode_template(data: bytes, ref_time_us: int | None) -> HepMessage | None:
     size = len(data)
     if size <= _HEAD_AND_TIME + CHUNK_HEADER.size or data[4] << 8 | data[5] != size:
         return None
-    r1 = _r1
-    hot = r1.hot
-    for n in r1.lengths:
-        t1 = hot.get(data[6 : 6 + n])
-        if t1 is not None:
-            break
-    else:
-        t1 = r1.recall(data, 6)
+    t1 = _r1.find(data, HEP3_HEADER.size)
     if t1 is None:
         return None
-    pos = 6 + t1[0]
+    pos = HEP3_HEADER.size + t1[0]
     if size - pos <= _TIME_CHUNKS.size + CHUNK_HEADER.size:
         return None
     sec_head, sec, usec_head, usec = _TIME_CHUNKS.unpack_from(data, pos)
@@ -592,20 +591,11 @@ def _decode_template(data: bytes, ref_time_us: int | None) -> HepMessage | None:
         sec_head != _TS_SEC_HEAD
         or usec_head != _TS_USEC_HEAD
         or usec >= USEC_PER_S
-        or sec < MIN_PLAUSIBLE_S
-        or sec
-        > (NTP_EPOCH_OFFSET_S if ref_time_us is None else ref_time_us // USEC_PER_S + MAX_FUTURE_S)
+        or not _plausible(sec, ref_time_us)
     ):
         return None
     pos += _TIME_CHUNKS.size
-    r2 = _r2
-    hot = r2.hot
-    for n in r2.lengths:
-        t2 = hot.get(data[pos : pos + n])
-        if t2 is not None:
-            break
-    else:
-        t2 = r2.recall(data, pos)
+    t2 = _r2.find(data, pos)
     if t2 is None:
         return None
     pos += t2[0]
