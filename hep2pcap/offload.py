@@ -20,11 +20,11 @@ import copy
 import dataclasses
 import gc
 import logging
+import operator
 import os
 import pickle
 import signal
 import struct
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -43,6 +43,8 @@ _LENGTH = struct.Struct("<I")
 _ITEMS, _END, _ERROR = 0, 1, 2
 
 Front = Callable[[Stats], Iterator[Item | Tick]]
+#: A message's fields as a tuple, in the order HepMessage(*fields) takes them.
+_FIELDS_OF = operator.attrgetter(*(f.name for f in dataclasses.fields(HepMessage)))
 
 
 def available() -> bool:
@@ -103,11 +105,11 @@ def _receive(
                 if len(item) == 1:
                     yield Tick(item[0])
                 else:
-                    yield (item[0], item[1], message(*item[2:]))
+                    yield (item[0], item[1], message(*item[2]))
         else:
             child, error = body
-            stats.read = before.read
-            _add_difference(stats, child, before)
+            stats.read = before.read  # it followed the child's count batch by batch
+            stats.add_difference(child, before)
             if kind == _END:
                 return
             exc, text = error
@@ -126,6 +128,7 @@ def _child(front: Front, stats: Stats, counters: Sequence[ByteCounter], fd: int)
         logged: list[tuple[int, str]] = []
         log.handlers[:] = [_Collect(logged)]
         batch: list[tuple[Any, ...]] = []
+        fields_of = _FIELDS_OF
 
         def progress() -> tuple[object, ...]:
             lines = logged[:]
@@ -137,13 +140,8 @@ def _child(front: Front, stats: Stats, counters: Sequence[ByteCounter], fd: int)
                 if isinstance(item, Tick):
                     batch.append((item.now_us,))
                 else:
-                    ts, arrival, m = item
-                    batch.append(
-                        (ts, arrival, m.version, m.ip_proto, m.src_ip, m.dst_ip, m.src_port,
-                         m.dst_port, m.ts_us, m.payload, m.payload_type, m.capture_id,
-                         m.auth_key, m.correlation_id, m.node_name, m.vlan_id, m.compressed,
-                         m.warnings)
-                    )  # fmt: skip
+                    ts, arrival, msg = item
+                    batch.append((ts, arrival, fields_of(msg)))
                 if len(batch) >= BATCH:
                     _send(fd, _ITEMS, progress())
                     batch = []
@@ -186,13 +184,3 @@ def _portable(exc: Exception) -> tuple[Exception | None, str]:
     except Exception:  # any failure means "send the text"
         return None, f"input reader failed: {exc!r}"
     return exc, str(exc)
-
-
-def _add_difference(stats: Stats, child: Stats, before: Stats) -> None:
-    # stats += child - before, field by field (the child began from a copy of ``before``).
-    for f in dataclasses.fields(Stats):
-        mine, theirs, base = (getattr(s, f.name) for s in (stats, child, before))
-        if isinstance(theirs, Counter):
-            mine.update(theirs - base)
-        elif theirs != base:
-            setattr(stats, f.name, (mine or 0) + theirs - (base or 0))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TypeVar
 
 from .errors import SKIP_REASONS, Reason
@@ -46,6 +46,16 @@ class Stats:
     connections: Counter[str] = field(default_factory=Counter)  # TCP/TLS connection events
     forwarded: int | None = None  # messages relayed by --forward
     forward_drops: int = 0  # messages --forward could not relay (queue full, upstream down)
+
+    def add_difference(self, other: Stats, base: Stats) -> None:
+        """Add ``other - base`` field by field: what a copy of ``base`` counted since it
+        was made (hep2pcap.offload hands a second process's counts back this way)."""
+        for f in fields(Stats):
+            mine, theirs, was = (getattr(s, f.name) for s in (self, other, base))
+            if isinstance(theirs, Counter):
+                mine.update(theirs - was)
+            elif theirs != was:
+                setattr(self, f.name, (mine or 0) + theirs - (was or 0))
 
     def count_new_flow(self, key: FlowKey) -> None:
         """Count the first written message of a flow; past MAX_FLOWS flows, only per agent

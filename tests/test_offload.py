@@ -3,6 +3,7 @@ log lines handed to the parent, and no child left behind whatever happens."""
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import signal
@@ -51,12 +52,7 @@ def _convert(paths: list[Path], two: bool, options: Options | None = None) -> tu
     with ExitStack() as stack:
         sources = open_inputs([str(p) for p in paths], stack, counters)
         writer = PcapngWriter(out, LINKTYPE_ETHERNET)
-        offload = None
-        if two:
-
-            def offload(front, counts):  # type: ignore[no-untyped-def]
-                return offloaded(front, counts, counters)
-
+        offload = functools.partial(offloaded, counters=counters) if two else None
         try:
             convert(sources, writer, options, stats, offload=offload)
         except Hep2PcapError as exc:
