@@ -1,4 +1,4 @@
-"""Byte builders shared by the unit tests (HEP-SPEC §2, §3).
+"""Byte builders (HEP-SPEC §2, §3) and byte helpers shared by the unit and e2e tests.
 
 Kept out of ``conftest.py`` on purpose: test modules import these names, and a module
 called ``conftest`` can be shadowed by another directory's conftest (tests/e2e/).
@@ -7,6 +7,7 @@ called ``conftest`` can be shadowed by another directory's conftest (tests/e2e/)
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections.abc import Mapping
 from typing import Literal
 
@@ -114,3 +115,22 @@ def v2_time(
 ) -> bytes:
     """The v2 time header: seconds, microseconds, capture node id, 2 bytes of padding."""
     return sec.to_bytes(4, order) + usec.to_bytes(4, order) + node.to_bytes(2, order) + pad
+
+
+def whole_blocks(data: bytes) -> bytes:
+    """The bytes of a pcapng that may still be growing, up to its last whole block.
+
+    Linux lets a reader see a ``write()`` under way page by page, so polling a live output
+    file can catch its last block half copied; the writer promises whole blocks at every
+    completed flush, and this is what a poller may rely on. A malformed block length is
+    left in, for a strict reader to report.
+    """
+    pos = 0
+    while len(data) - pos >= 12:
+        (total,) = struct.unpack_from("<I", data, pos + 4)
+        if total < 12:
+            return data
+        if pos + total > len(data):
+            break
+        pos += total
+    return data[:pos]

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hepbuild import whole_blocks
 from test_rotate import read_file, read_pcapng
 
 from hep2pcap.errors import Reason
@@ -674,7 +675,7 @@ def packets_in(path: Path) -> list[bytes]:
     """Frames in a file that may still be growing (its whole blocks; a write may be under way)."""
     if not path.exists():
         return []
-    packets, _ = read_pcapng(path.read_bytes(), growing=True)
+    packets, _ = read_pcapng(whole_blocks(path.read_bytes()))
     return [p[2] for p in packets]
 
 

@@ -15,23 +15,18 @@ from hep2pcap.rotate import BlockFile, RotatingWriter, indexed
 _HEADER = struct.Struct("<II")
 
 
-def read_pcapng(data: bytes, growing: bool = False) -> tuple[list[tuple[int, int, bytes]], int]:
+def read_pcapng(data: bytes) -> tuple[list[tuple[int, int, bytes]], int]:
     """Parse a pcapng written by hep2pcap (little-endian, one section or more).
 
     Returns ``([(interface, ts_us, frame), ...], sections)``. Fails the test on any block
-    that is cut short or malformed: a valid file is whole blocks only. With ``growing`` the
-    bytes were read while the writer may be inside a ``write()`` (Linux lets a concurrent
-    reader see a write page by page), so a last block not yet whole is left for later.
+    that is cut short or malformed: a valid file is whole blocks only (a file still being
+    written: pass it through hepbuild.whole_blocks first).
     """
     packets: list[tuple[int, int, bytes]] = []
     sections = 0
     interfaces = 0
     pos = 0
     while pos < len(data):
-        if growing and (
-            len(data) - pos < 12 or pos + _HEADER.unpack_from(data, pos)[1] > len(data)
-        ):
-            break
         assert len(data) - pos >= 12, f"partial block header at {pos}"
         btype, total = _HEADER.unpack_from(data, pos)
         assert total % 4 == 0, f"block length {total} at {pos}"

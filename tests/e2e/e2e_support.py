@@ -116,23 +116,6 @@ class Listener:
 # --- tshark ---------------------------------------------------------------------------------
 
 
-def whole_blocks(path: Path) -> bytes:
-    """The bytes of a pcapng that may still be growing, up to its last whole block.
-
-    Linux lets a reader see a ``write()`` under way page by page, so polling a live output
-    file can catch its last block half copied; the writer's promise is whole blocks at
-    every completed flush, and this is what a poller may rely on.
-    """
-    data = path.read_bytes() if path.exists() else b""
-    pos = 0
-    while len(data) - pos >= 12:
-        (total,) = struct.unpack_from("<I", data, pos + 4)
-        if total < 12 or pos + total > len(data):
-            break
-        pos += total
-    return data[:pos]
-
-
 def run_tshark(
     tshark: str,
     args: Sequence[str],

@@ -20,8 +20,8 @@ from e2e_support import (
     manifest,
     sngrep_dialogs,
     tshark_fields,
-    whole_blocks,
 )
+from hepbuild import whole_blocks
 
 pytestmark = pytest.mark.e2e
 
@@ -71,7 +71,7 @@ def test_live_file_opens_while_running(
     while time.monotonic() < deadline:
         rows = tshark_fields(
             tshark, wireshark_env, "-", ["sip.Call-ID"], display_filter="sip",
-            stdin=whole_blocks(out),
+            stdin=whole_blocks(out.read_bytes() if out.exists() else b""),
         )  # fmt: skip
         if len(rows) >= want:
             break

@@ -27,8 +27,8 @@ from e2e_support import (
     run_convert,
     sngrep_read,
     tshark_fields,
-    whole_blocks,
 )
+from hepbuild import whole_blocks
 from scapy.layers.inet import TCP, UDP
 from scapy.utils import PcapNgReader
 
@@ -239,7 +239,9 @@ def send_hep_file(path: Path, port: int) -> None:
 def wait_frames(tshark: str, env: dict[str, str], path: Path, n: int) -> None:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        snapshot = whole_blocks(path)  # the file is still being written
+        snapshot = whole_blocks(
+            path.read_bytes() if path.exists() else b""
+        )  # the file is still being written
         rows = tshark_fields(tshark, env, "-", SIP_FIELDS, display_filter="sip", stdin=snapshot)
         if snapshot and len(rows) >= n:
             return
