@@ -25,12 +25,12 @@ import os
 import pickle
 import signal
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .errors import Hep2PcapError
 from .hep import HepMessage
-from .pipeline import Item, Tick
+from .pipeline import Front, Item, Tick
 from .sources import ByteCounter
 from .stats import Stats
 
@@ -42,7 +42,6 @@ BATCH = 512
 _LENGTH = struct.Struct("<I")
 _ITEMS, _END, _ERROR = 0, 1, 2
 
-Front = Callable[[Stats], Iterator[Item | Tick]]
 #: A message's fields as a tuple, in the order HepMessage(*fields) takes them.
 _FIELDS_OF = operator.attrgetter(*(f.name for f in dataclasses.fields(HepMessage)))
 

@@ -377,9 +377,11 @@ PROGRESS_EVERY = 1 << 16
 
 #: A stage between decoding and writing (e.g. filters.Selector.stage): items in, items out.
 Stage = Callable[[Iterator[Item | Tick]], Iterator[Item | Tick]]
-#: Runs the front half of the loop (given as a function of the counters it updates)
-#: somewhere else and yields its items: offload.offloaded.
-Offload = Callable[[Callable[[Stats], Iterator[Item | Tick]], Stats], Iterator[Item | Tick]]
+#: The front half of the loop (everything before the reorder window), as a function of the
+#: counters it updates.
+Front = Callable[[Stats], Iterator[Item | Tick]]
+#: Runs a Front somewhere else and yields its items: offload.offloaded.
+Offload = Callable[[Front, Stats], Iterator[Item | Tick]]
 
 
 def messages(sources: Iterable[Source], options: Options, stats: Stats) -> Iterator[Item | Tick]:
