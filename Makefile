@@ -25,11 +25,16 @@ install-dev: $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
 
 # tshark and sngrep are what the end-to-end tests check our output with (openssl makes the
-# TLS listener's test certificate). Installed with apt-get when missing and we are root;
-# tshark's debconf question is answered up front.
-TOOLS := tshark sngrep openssl
+# TLS listener's test certificate); kamailio (siptrace, tls), sipp (sip-tester) and rtpengine
+# are the real HEP senders the e2e tests run; gcc builds the optional native engine.
+# Installed with apt-get when missing and we are root; tshark's debconf question is answered
+# up front.
+TOOLS := tshark sngrep openssl kamailio kamailio-tls-modules sip-tester rtpengine-daemon \
+  tmux gcc
 tools:
-	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for t in $(TOOLS); do \
+	  dpkg-query -W -f='$${Status}' $$t 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$t"; \
+	done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then echo "missing:$$missing; run: sudo apt-get install$$missing"; exit 0; fi; \
 	echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections; \
