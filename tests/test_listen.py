@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from hepbuild import whole_blocks
+from public_captures import public_capture
 from test_rotate import read_file, read_pcapng
 
 from hep2pcap.errors import Reason
@@ -984,8 +985,9 @@ REPLAY_INPUTS = [
     ROOT / "fixtures" / "pcap" / "hep-v2-udp.pcap",
     ROOT / "fixtures" / "pcap" / "hep-v3-udp-vlan.pcap",
     ROOT / "fixtures" / "pcap" / "hep-v3-tcp.pcapng",
-    ROOT.parent / "shared" / "fixtures-public" / "hep-wireshark_hep.pcap",
 ]
+#: Public captures (optional: found inside the test, tests/public_captures.py); HEPv3 only.
+REPLAY_PUBLIC = ["hep-wireshark_hep.pcap"]
 TSHARK_FIELDS = [
     "frame.len", "frame.comment", "ip.src", "ipv6.src", "ip.dst", "ipv6.dst", "udp.srcport",
     "udp.dstport", "tcp.srcport", "tcp.dstport", "tcp.len", "sip.Method", "sip.Status-Code",
@@ -1022,24 +1024,27 @@ def _tshark_rows(tshark: str, data: bytes) -> list[str]:
     return sorted(r.stdout.decode().splitlines())
 
 
-def _replay_cases() -> list[tuple[Path, str]]:
+def _replay_cases() -> list[tuple[Path | str, str]]:
     # TCP carries HEPv3 only: inputs holding HEPv1/v2 are replayed over UDP alone.
-    return [
+    own: list[tuple[Path | str, str]] = [
         (path, transport)
         for path in REPLAY_INPUTS
         for transport in ("udp", "tcp")
         if transport == "udp" or all(r.startswith(b"HEP3") for r in _records_of(path))
     ]
+    return own + [(name, t) for name in REPLAY_PUBLIC for t in ("udp", "tcp")]
 
 
 @pytest.mark.e2e
 @pytest.mark.parametrize(
     ("path", "transport"), _replay_cases(), ids=lambda v: getattr(v, "name", v)
 )
-def test_replayed_capture_equals_convert(path: Path, transport: str) -> None:
+def test_replayed_capture_equals_convert(path: Path | str, transport: str) -> None:
     tshark = need("tshark")
+    path = public_capture(path) if isinstance(path, str) else path
     records = _records_of(path)
     assert records
+    assert transport == "udp" or all(r.startswith(b"HEP3") for r in records)
     summary, expected_rows = _converted(tshark, path)
     lv = Live(f"{transport}:127.0.0.1:0")
     if transport == "udp":

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from public_captures import public_capture
 
 from hep2pcap.cli import cli
 from hep2pcap.errors import Hep2PcapError, Reason, StrictError
@@ -25,7 +26,6 @@ from hep2pcap.stats import Stats
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures"
-PUBLIC = REPO.parent / "shared" / "fixtures-public"
 INPUTS = [
     FIXTURES / "hep" / "ticket.hep",  # TCP re-cut, copies, truncation, several agents
     FIXTURES / "hep" / "sender-quirks.hep",  # repaired times, vendor chunks
@@ -74,12 +74,10 @@ def test_several_inputs_merged_the_same_way() -> None:
     assert _convert(paths, two=True) == _convert(paths, two=False)
 
 
-@pytest.mark.skipif(not PUBLIC.is_dir(), reason="../shared/fixtures-public not present")
+@pytest.mark.public
 @pytest.mark.parametrize("name", ["hep-wireshark_hep.pcap"])
 def test_public_capture(name: str) -> None:
-    path = PUBLIC / name
-    if not path.exists():
-        pytest.skip(f"{name} not in {PUBLIC}")
+    path = public_capture(name)
     one, one_stats = _convert([path], two=False)
     two, two_stats = _convert([path], two=True)
     assert one_stats.written > 0

@@ -22,14 +22,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 FIXTURES = REPO / "fixtures"
 EXPECTED = FIXTURES / "expected"
-#: The public captures live outside the repository (never copied in): /work/shared/...
-PUBLIC = HERE.parents[2] / "shared" / "fixtures-public"
 
 TIMEOUT_S = 60
 CHECKSUM_PREFS = (
@@ -39,14 +35,6 @@ CHECKSUM_PREFS = (
 )  # fmt: skip
 #: tshark's checksum status values: 0 bad, 1 good, 2 unverified.
 CHECKSUM_GOOD = "1"
-
-
-def public_capture(name: str) -> Path:
-    """A capture from ../shared/fixtures-public (skip when this checkout has none)."""
-    path = PUBLIC / name
-    if not path.is_file():
-        pytest.skip(f"public capture {path} not available")
-    return path
 
 
 # --- hep2pcap -------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ from e2e_support import (
     hep3_chunks,
     iter_udp_payloads,
     manifest,
-    public_capture,
     run_convert,
     sngrep_dialogs,
     sngrep_read,
@@ -37,6 +36,7 @@ from e2e_support import (
     tshark_fields,
     tshark_frames,
 )
+from public_captures import public_capture
 
 pytestmark = pytest.mark.e2e
 
@@ -368,7 +368,7 @@ def test_output_variants(
     assert sngrep_dialogs(sngrep, out, tmp_path) == manifest(name)["dialogs"]
 
 
-# --- the public captures (read in place from ../shared/fixtures-public) ------------------------
+# --- the public captures (optional, read in place: tests/public_captures.py) ----------------
 
 
 def public_messages(path: Path) -> list[dict[str, Any]]:
