@@ -24,8 +24,10 @@ from .filters import Criteria, Selector, compile_match, parse_host, parse_time
 from .hep import DecodeOptions, HepMessage, PayloadType
 from .offload import available as offloading_available
 from .offload import offloaded
+from .outputs import Interrupted, SafeOutput, refuse_same_file, signals_raise
 from .pcapng import LINKTYPE_ETHERNET, LINKTYPE_RAW, PacketWriter, PcapngWriter, PcapWriter
 from .pipeline import Offload, Options, Stage, convert, observe
+from .progress import Progress
 from .sources import ByteCounter, open_inputs
 from .stats import Stats
 
@@ -44,17 +46,29 @@ def cli() -> None:
 OUTPUT_BUFFER = 1 << 20
 
 
-def _open_output(path: str, stack: ExitStack) -> BinaryIO:
-    # Whole blocks only, so a full disk leaves a file valid up to its last complete block.
-    from .rotate import BlockFile
+def _failed(exc: BaseException, output: str | None, note: str | None) -> Exception:
+    """One line for a run that did not finish: the error and what became of the output.
 
-    if path == "-":
-        return sys.stdout.buffer
-    try:
-        raw = stack.enter_context(open(path, "wb", buffering=0))  # noqa: SIM115
-    except OSError as exc:
-        raise Hep2PcapError(f"{path}: cannot write: {exc.strerror or exc}") from exc
-    return cast(BinaryIO, BlockFile(raw, limit=OUTPUT_BUFFER))
+    Returns the exception to raise: exit 1 for an error, 128 + the signal number (130 for
+    Ctrl-C) after an interruption, whose line is printed here (not as an "Error:").
+    """
+    tail = f"; {note}" if note else ""
+    if isinstance(exc, KeyboardInterrupt):  # SIGINT outside signals_raise
+        exc = Interrupted(2)
+    if isinstance(exc, Interrupted):
+        click.echo(f"hep2pcap: {exc}{tail}", err=True)
+        return click.exceptions.Exit(exc.exit_code)
+    if isinstance(exc, Hep2PcapError):
+        return click.ClickException(f"{exc}{tail}")
+    assert isinstance(exc, OSError)  # inputs raise InputError, so this is the output
+    return click.ClickException(f"{output}: cannot write: {exc.strerror or exc}{tail}")
+
+
+def _progress(counters: list[ByteCounter], label: str, show: bool) -> Progress | None:
+    # A status line on stderr, for a terminal only (never in a pipe or a log file).
+    if not show:
+        return None
+    return Progress(counters, label, lambda text: click.echo(text, nl=False, err=True))
 
 
 def _payload_types(values: tuple[str, ...]) -> frozenset[int] | None:
@@ -69,27 +83,6 @@ def _payload_types(values: tuple[str, ...]) -> frozenset[int] | None:
                 f"{v!r} is not a number or 'all'", param_hint="--include-type"
             ) from None
     return frozenset(types)
-
-
-#: Inputs smaller than this convert too fast to need a progress display.
-PROGRESS_MIN_BYTES = 20_000_000
-
-
-def _progress_printer(counters: list[ByteCounter]) -> Callable[[Stats], None] | None:
-    total = sum(c.total or 0 for c in counters)
-    if total < PROGRESS_MIN_BYTES or any(c.total is None for c in counters):
-        return None
-
-    def show(stats: Stats) -> None:
-        done = sum(c.done for c in counters)
-        click.echo(
-            f"\rhep2pcap: {100 * done // total:3d}% of {total / 1e6:.0f} MB,"
-            f" {stats.read} messages read, {stats.written} written",
-            nl=False,
-            err=True,
-        )
-
-    return show
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
@@ -294,9 +287,9 @@ def _options(
 
 
 #: Options of the commands that read saved dumps (convert, info, split).
-INPUTS = click.argument(
-    "inputs", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True)
-)
+#: Paths are checked when opened: a directory or an unreadable file is a one-line error
+#: (exit 1), not a usage error.
+INPUTS = click.argument("inputs", nargs=-1, required=True, type=click.Path(allow_dash=True))
 HEP_PORT = click.option(
     "--hep-port", "hep_ports", multiple=True, type=click.IntRange(1, 65535), metavar="PORT",
     help="In pcaps, UDP/TCP port carrying HEP (v1/v2 need it; HEP3 is found on any port). "
@@ -377,34 +370,48 @@ def convert_cmd(
     ports = frozenset(hep_ports) if hep_ports else None
     counters: list[ByteCounter] = []
     stats = Stats()
+    tty = not quiet and sys.stderr.isatty()
+    safe: SafeOutput | None = None
     try:
-        with ExitStack() as stack:
+        with signals_raise(), ExitStack() as stack:
+            refuse_same_file(inputs, [output])
             select = None
             if selection.criteria:
                 selector = Selector(selection.criteria, stats)
                 if selection.criteria.per_dialog:
                     inputs = _spool_stdin(inputs, stack)
-                    _first_pass(inputs, options, ports, lenient, selector.observe)
+                    _first_pass(inputs, options, ports, lenient, selector.observe,
+                                progress="first pass: " if tty else None)  # fmt: skip
                 select = selector.stage
             sources = open_inputs(inputs, stack, counters, lenient=lenient, hep_ports=ports)
-            out = _open_output(output, stack)
+            if output == "-":
+                out = sys.stdout.buffer
+            else:
+                from .rotate import BlockFile  # whole blocks: a full disk leaves a valid file
+
+                safe = SafeOutput(output)
+                out = cast(BinaryIO, BlockFile(safe.file, limit=OUTPUT_BUFFER))
             writer: PacketWriter
             if fmt == "pcap":
                 writer = PcapWriter(out, options.linktype)
             else:
                 writer = PcapngWriter(out, options.linktype, comments=options.comments)
-            progress = _progress_printer(counters) if not quiet and sys.stderr.isatty() else None
-            convert(sources, writer, options, stats, on_progress=progress, select=select,
-                    offload=_offload(one_process, counters))  # fmt: skip
-            if progress is not None:
-                click.echo("\r\033[K", nl=False, err=True)
-    except Hep2PcapError as exc:
-        raise click.ClickException(str(exc)) from exc
+            progress = _progress(counters, "second pass: " if select else "", tty)
+            try:
+                convert(sources, writer, options, stats, on_progress=progress, select=select,
+                        offload=_offload(one_process, counters))  # fmt: skip
+            finally:
+                if progress is not None:
+                    progress.close()
+            if safe is not None:
+                safe.commit()
+                safe = None
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (| head): end quietly
         return
-    except OSError as exc:  # inputs raise InputError, so this is the output: disk full, …
-        raise click.ClickException(f"{output}: cannot write: {exc.strerror or exc}") from exc
+    except (Hep2PcapError, OSError, KeyboardInterrupt) as exc:
+        note = safe.abandon(stats.written) if safe is not None else None
+        raise _failed(exc, output, note) from exc
     if not quiet:
         click.echo(stats.summary(), err=True)
 
@@ -428,13 +435,21 @@ def _first_pass(
     hep_ports: frozenset[int] | None,
     lenient: bool,
     *observers: Callable[[int, HepMessage], None],
+    progress: str | None = None,
 ) -> None:
     # Read the inputs once without writing (dialog filters, split); the counters of this
-    # pass are discarded (the second pass counts), and so are its log lines.
+    # pass are discarded (the second pass counts), and so are its log lines. ``progress``:
+    # the label of a status line on stderr (None: none).
     quiet = dataclasses.replace(options, warn_limit=0, strict=False)
+    counters: list[ByteCounter] = []
     with ExitStack() as stack:
-        observe(open_inputs(inputs, stack, [], lenient=lenient, hep_ports=hep_ports),
-                quiet, Stats(), *observers)  # fmt: skip
+        sources = open_inputs(inputs, stack, counters, lenient=lenient, hep_ports=hep_ports)
+        shown = _progress(counters, progress or "", progress is not None)
+        try:
+            observe(sources, quiet, Stats(), *observers, on_progress=shown)
+        finally:
+            if shown is not None:
+                shown.close()
 
 
 convert_cmd.name = "convert"
@@ -484,10 +499,10 @@ DEFAULT_LISTEN = ("udp:127.0.0.1:9060", "tcp:127.0.0.1:9060")
     metavar="MB", help="Received data held while conversion catches up; beyond it UDP is "
     "dropped (counted as 'not converted') and TCP is not read.",
 )  # fmt: skip
-@click.option("--tls-cert", type=click.Path(dir_okay=False), help="Certificate (PEM) for tls:.")
-@click.option("--tls-key", type=click.Path(dir_okay=False), help="Private key (PEM) for tls:.")
+@click.option("--tls-cert", type=click.Path(), help="Certificate (PEM) for tls:.")
+@click.option("--tls-key", type=click.Path(), help="Private key (PEM) for tls:.")
 @click.option(
-    "--tls-client-ca", type=click.Path(dir_okay=False),
+    "--tls-client-ca", type=click.Path(),
     help="Require TLS clients to show a certificate signed by this CA (PEM).",
 )  # fmt: skip
 @click.option(
@@ -691,10 +706,11 @@ def listen_cmd(
         except BrokenPipeError:
             sys.stderr.close()  # the reader went away (| tshark stopped): end quietly
             return
-        except OSError as exc:  # the output: disk full, file system gone
-            if not quiet:
-                click.echo(stats.summary(), err=True)
-            raise click.ClickException(f"{output}: cannot write: {exc.strerror or exc}") from exc
+        except OSError as exc:  # the output: disk full, file system gone (one line)
+            raise click.ClickException(
+                f"{output}: cannot write: {exc.strerror or exc} "
+                f"(after {stats.written} messages written)"
+            ) from exc
     if not quiet:
         click.echo(stats.summary(), err=True)
 
@@ -744,15 +760,21 @@ def info_cmd(
         warn_limit=0 if not verbose else None,
     )  # fmt: skip
     report, stats = Report(), Stats()
+    counters: list[ByteCounter] = []
     try:
-        with ExitStack() as stack:
+        with signals_raise(), ExitStack() as stack:
             sources = open_inputs(
-                inputs, stack, [], lenient=lenient,
+                inputs, stack, counters, lenient=lenient,
                 hep_ports=frozenset(hep_ports) if hep_ports else None,
             )  # fmt: skip
-            observe(sources, options, stats, report.observe)
-    except Hep2PcapError as exc:
-        raise click.ClickException(str(exc)) from exc
+            progress = _progress(counters, "", sys.stderr.isatty())
+            try:
+                observe(sources, options, stats, report.observe, on_progress=progress)
+            finally:
+                if progress is not None:
+                    progress.close()
+    except (Hep2PcapError, KeyboardInterrupt) as exc:
+        raise _failed(exc, None, None) from exc
     try:
         if as_json:
             click.echo(json.dumps(report.to_dict(stats), indent=2))
@@ -809,7 +831,8 @@ def split_cmd(
     """
     import os
 
-    from .split import INDEX_NAME, CallIndex, SplitWriter, write_index
+    from .outputs import SafeFolder
+    from .split import INDEX_NAME, OTHER_NAME, CallIndex, SplitWriter, write_index
 
     _setup_logging(verbose, quiet)
     options = _options(
@@ -821,12 +844,12 @@ def split_cmd(
     index = CallIndex()
     criteria = selection.criteria
     selector = Selector(criteria, stats) if criteria else None
+    tty = not quiet and sys.stderr.isatty()
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise click.ClickException(f"{directory}: not a directory")
+    folder: SafeFolder | None = None
     try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as exc:
-        raise click.ClickException(f"{directory}: cannot create: {exc.strerror or exc}") from exc
-    try:
-        with ExitStack() as stack:
+        with signals_raise(), ExitStack() as stack:
             inputs = _spool_stdin(inputs, stack)
             observers: list[Callable[[int, HepMessage], None]] = [index.observe]
             keep = None
@@ -837,29 +860,46 @@ def split_cmd(
                 if criteria.per_dialog:
                     observers.append(selector.observe)
                     keep = selector.keeps
-            _first_pass(inputs, options, ports, lenient, *observers)
+            _first_pass(inputs, options, ports, lenient, *observers,
+                        progress="first pass: " if tty else None)  # fmt: skip
             calls = index.plan(keep)
-            writer = SplitWriter(directory, index, options.linktype, comments=options.comments)
+            try:  # after the first pass: a bad input fails before anything is created
+                os.makedirs(directory, exist_ok=True)
+            except OSError as exc:
+                raise Hep2PcapError(f"{directory}: cannot create: {exc.strerror or exc}") from exc
+            names = [c.file for c in calls if c.file] + [OTHER_NAME, INDEX_NAME]
+            refuse_same_file(inputs, [os.path.join(directory, n) for n in names])
+            folder = SafeFolder(directory)
+            writer = SplitWriter(folder.path, index, options.linktype, comments=options.comments)
             stages: list[Stage] = []
             if selector is not None:
                 stages.append(selector.stage)
             if other == "drop":
                 stages.append(index.calls_only(stats))
-            sources = open_inputs(inputs, stack, [], lenient=lenient, hep_ports=ports)
-            convert(sources, writer, options, stats, select=_chain(stages),
-                    route=writer.writer_for, offload=_offload(one_process, []))  # fmt: skip
+            counters: list[ByteCounter] = []
+            sources = open_inputs(inputs, stack, counters, lenient=lenient, hep_ports=ports)
+            progress = _progress(counters, "second pass: ", tty)
+            try:
+                convert(sources, writer, options, stats, select=_chain(stages),
+                        route=writer.writer_for, offload=_offload(one_process, counters),
+                        on_progress=progress)  # fmt: skip
+            finally:
+                if progress is not None:
+                    progress.close()
             writer.close()
             files = set(writer.files)
-            write_index(os.path.join(directory, INDEX_NAME), [c for c in calls if c.file in files])
-    except Hep2PcapError as exc:
-        raise click.ClickException(str(exc)) from exc
-    except OSError as exc:
-        raise click.ClickException(f"{directory}: cannot write: {exc.strerror or exc}") from exc
+            write_index(os.path.join(folder.path, INDEX_NAME),
+                        [c for c in calls if c.file in files])  # fmt: skip
+            folder.commit([*writer.files, INDEX_NAME])
+            folder = None
+    except (Hep2PcapError, OSError, KeyboardInterrupt) as exc:
+        note = folder.abandon(stats.written) if folder is not None else None
+        raise _failed(exc, directory, note) from exc
     if not quiet:
-        written = [f for f in writer.files if f != "other.pcapng"]
+        written = [f for f in writer.files if f != OTHER_NAME]
         click.echo(
             f"{len(written)} calls written to {directory} (index: {INDEX_NAME})"
-            + (", other traffic in other.pcapng" if "other.pcapng" in writer.files else ""),
+            + (f", other traffic in {OTHER_NAME}" if OTHER_NAME in writer.files else ""),
             err=True,
         )
         click.echo(stats.summary(), err=True)

@@ -422,12 +422,16 @@ def observe(
     options: Options,
     stats: Stats,
     *observers: Callable[[int, HepMessage], None],
+    on_progress: Callable[[Stats], None] | None = None,
 ) -> Stats:
     """One pass over every accepted message, in arrival order, calling each observer
     with ``(ts_us, message)``: ``hep2pcap info``, and the first pass of the filters and
-    of ``split``. Nothing is written.
+    of ``split``. Nothing is written. ``on_progress(stats)`` (optional) is called every
+    PROGRESS_EVERY items.
     """
-    for item in messages(sources, options, stats):
+    for count, item in enumerate(messages(sources, options, stats), 1):
+        if on_progress is not None and count % PROGRESS_EVERY == 0:
+            on_progress(stats)
         if not isinstance(item, Tick):
             ts, _, msg = item
             for see in observers:

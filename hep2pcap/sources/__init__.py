@@ -59,6 +59,7 @@ class ByteCounter:
         self._stream = stream
         self.total = total
         self.done = 0
+        self.compressed = False  # a gzip file: done and total count its compressed bytes
 
     def read(self, size: int = -1, /) -> bytes:
         """Read like ``BinaryIO.read`` and count."""
@@ -113,6 +114,7 @@ def open_input(
         head = read_up_to(counted, 4)
         stream = Prepended(head, counted)
         if head[:2] == GZIP_MAGIC:
+            counted.compressed = True
             unzipped = Gunzip(name, stream)
             head = read_up_to(unzipped, 4)
             stream = Prepended(head, unzipped)

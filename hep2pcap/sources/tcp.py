@@ -9,6 +9,7 @@ a connection whose stream stopped looking like HEP (HEP-SPEC §11: STREAM_DESYNC
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -32,17 +33,51 @@ def make_server_context(cert: str, key: str, client_ca: str | None) -> ssl.SSLCo
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Each file is looked at first, so the one line names what is wrong with which file
+    # (OpenSSL alone says "[SSL] PEM lib").
+    cert_pem = _read_pem("certificate", cert)
+    if b"-----BEGIN CERTIFICATE-----" not in cert_pem:
+        raise InputError(f"cannot load TLS certificate {cert}: not a PEM certificate")
+    key_pem = _read_pem("key", key)
+    if b"ENCRYPTED" in key_pem:
+        raise InputError(f"cannot load TLS key {key}: encrypted; give an unencrypted key")
+    if not re.search(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----", key_pem):
+        raise InputError(f"cannot load TLS key {key}: not a PEM private key")
     try:
-        ctx.load_cert_chain(cert, key)
+        ctx.load_cert_chain(cert, key, password=_no_password)
     except (OSError, ssl.SSLError) as exc:
-        raise InputError(f"--tls-cert {cert} / --tls-key {key}: cannot load: {exc}") from exc
+        why = "does not match the certificate" if "MISMATCH" in str(exc) else "unusable"
+        raise InputError(
+            f"cannot load TLS key {key}: {why} ({getattr(exc, 'reason', None) or exc})"
+        ) from exc
     if client_ca is not None:
+        _read_pem("client CA", client_ca)
         try:
             ctx.load_verify_locations(cafile=client_ca)
         except (OSError, ssl.SSLError) as exc:
-            raise InputError(f"--tls-client-ca {client_ca}: cannot load: {exc}") from exc
+            raise InputError(
+                f"cannot load TLS client CA {client_ca}: not a PEM certificate "
+                f"({getattr(exc, 'reason', None) or exc})"
+            ) from exc
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+#: A PEM file larger than this is not a certificate or key (bounded read).
+MAX_PEM_BYTES = 1 << 20
+
+
+def _read_pem(what: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(MAX_PEM_BYTES)
+    except OSError as exc:
+        raise InputError(f"cannot load TLS {what} {path}: {exc.strerror or exc}") from exc
+
+
+def _no_password() -> bytes:
+    # Never let OpenSSL prompt on the terminal for a key's passphrase.
+    return b""
 
 
 class TcpListener:
