@@ -161,8 +161,9 @@ class SafeOutput:
                 ) from exc
             self.tmp = None
 
-    def abandon(self, written: int) -> str:
-        """Close without touching the destination; say in one sentence what was left.
+    def abandon(self, written: int) -> str | None:
+        """Close without touching the destination; say in one sentence what was left
+        (None for a device or FIFO, which was written in place).
 
         What was written is kept as ``PATH.partial`` when it holds a message
         (``written > 0``), else removed.
@@ -172,7 +173,7 @@ class SafeOutput:
         tmp = self.tmp
         state = "left unchanged" if self.existed else "not created"
         if tmp is None:  # a device or FIFO, written in place
-            return f"{self.path} was written in place"
+            return None
         self.tmp = None
         if written <= 0:
             with contextlib.suppress(OSError):

@@ -87,6 +87,12 @@ def test_disk_full_gives_one_clear_line_and_a_valid_file(
     assert proc.returncode == 1, err
     assert "No space left on device" in err
     assert "Traceback" not in err
+    if command == "convert":  # written under a temporary name: what fitted is kept apart
+        assert not out.exists()
+        assert len(err.splitlines()) == 1
+        assert f"are in {out}.partial" in err
+        out = tiny_fs / "out.pcapng.partial"
+        assert sorted(p.name for p in tiny_fs.iterdir()) == [out.name]
     data = out.read_bytes()
     _, epbs = complete_blocks(data)
     assert epbs > 100, "what fitted was kept"
