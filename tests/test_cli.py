@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import gzip
 import ipaddress
+import os
+import re
+import shutil
+import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -422,3 +427,219 @@ def test_split_with_a_dialog_filter_numbers_only_kept_calls(tmp_path: Path) -> N
     ]
     index = (outdir / "index.tsv").read_text().splitlines()
     assert index[1].split("\t")[-1].split() == ["t-call1-a@203.0.113.10", "t-call1-b@10.1.0.1"]
+
+
+# --- issue 10: nothing is destroyed, one error style, the README's exit codes ---------------
+
+SAMPLE_PCAP = TICKET.parent.parent / "pcap" / "hep-v3-tcp.pcapng"
+
+
+@pytest.mark.parametrize("source", [TICKET, SAMPLE_PCAP], ids=["raw", "pcapng"])
+@pytest.mark.parametrize("how", ["itself", "symlink", "hard link"])
+def test_converting_a_file_onto_itself_is_refused(tmp_path: Path, source: Path, how: str) -> None:
+    inp = tmp_path / source.name
+    inp.write_bytes(source.read_bytes())
+    out = inp
+    if how == "symlink":
+        out = tmp_path / "link"
+        out.symlink_to(inp)
+    elif how == "hard link":
+        out = tmp_path / "hard"
+        os.link(inp, out)
+    code, _, err = _run(["convert", str(inp), "-w", str(out)])
+    assert code == 1
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"Error: {out}: is the same file as an input")
+    assert inp.read_bytes() == source.read_bytes(), "the input is untouched"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "nothing was opened"
+
+
+def test_split_refuses_to_replace_an_input_in_its_directory(tmp_path: Path) -> None:
+    # A HEP pcapng saved as other.pcapng, split into its own folder: other.pcapng would
+    # be replaced by split's non-dialog file.
+    inp = tmp_path / "other.pcapng"
+    inp.write_bytes(SAMPLE_PCAP.read_bytes())
+    code, _, err = _run(["split", str(inp), "-d", str(tmp_path)])
+    assert code == 1
+    assert err.splitlines() == [
+        f"Error: {inp}: is the same file as an input; refusing to write over it"
+    ]
+    assert inp.read_bytes() == SAMPLE_PCAP.read_bytes()
+    assert [p.name for p in tmp_path.iterdir()] == ["other.pcapng"]
+    # in another folder of the same name, nothing collides
+    code, _, err = _run(["split", str(inp), "-d", str(tmp_path / "calls")])
+    assert code == 0, err
+
+
+def test_split_replaces_earlier_files_only_on_success(tmp_path: Path) -> None:
+    outdir = tmp_path / "calls"
+    outdir.mkdir()
+    (outdir / "index.tsv").write_text("an earlier index")
+    (outdir / "notes.txt").write_text("mine")
+    code, _, err = _run(["split", str(TICKET), "-d", str(outdir)])
+    assert code == 0, err
+    assert (outdir / "index.tsv").read_text().startswith("file\tstart")
+    assert (outdir / "notes.txt").read_text() == "mine"
+    assert not [p for p in outdir.iterdir() if p.name.startswith(".")], "no temporary left"
+
+
+def _unreadable(tmp_path: Path) -> tuple[Path, str]:
+    if os.geteuid() != 0:
+        path = tmp_path / "secret.hep"
+        path.write_bytes(b"HEP3")
+        path.chmod(0)
+        return path, "cannot open: Permission denied"
+    return Path("/proc/self/mem"), "cannot read: Input/output error"  # root reads any mode
+
+
+@pytest.mark.parametrize("command", ["convert", "info", "split"])
+@pytest.mark.parametrize("kind", ["directory", "missing", "unreadable"])
+def test_a_bad_input_is_one_line_exit_1(tmp_path: Path, command: str, kind: str) -> None:
+    if kind == "directory":
+        path, why = tmp_path, "cannot open: Is a directory"
+    elif kind == "missing":
+        path, why = tmp_path / "nope.hep", "cannot open: No such file or directory"
+    else:
+        path, why = _unreadable(tmp_path)
+    outdir = tmp_path / "out"
+    args = {"convert": ["-w", str(tmp_path / "o.pcapng")], "info": [], "split": ["-d", str(outdir)]}
+    code, _, err = _run([command, str(path), *args[command]])
+    assert code == 1
+    assert err.splitlines() == [f"Error: {path}: {why}"]
+    assert not (tmp_path / "o.pcapng").exists()
+    assert not outdir.exists(), "a bad input fails before -d is created"
+
+
+@pytest.fixture(scope="module")
+def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed ('make tools' installs it)")
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(d / "k.pem"), "-out", str(d / "c.pem"), "-days", "1",
+         "-subj", "/CN=localhost"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return d / "c.pem", d / "k.pem"
+
+
+@pytest.mark.parametrize(
+    ("case", "line"),
+    [
+        ("key is text", "cannot load TLS key {key}: not a PEM private key"),
+        ("key is the certificate", "cannot load TLS key {key}: not a PEM private key"),
+        ("certificate is text", "cannot load TLS certificate {cert}: not a PEM certificate"),
+        ("key is missing", "cannot load TLS key {key}: No such file or directory"),
+        ("key is a directory", "cannot load TLS key {key}: Is a directory"),
+        ("key of another certificate", "cannot load TLS key {key}: does not match the certificate"),
+    ],
+)
+def test_an_unloadable_tls_certificate_or_key_is_one_line(
+    tmp_path: Path, tls_pair: tuple[Path, Path], case: str, line: str
+) -> None:
+    cert, key = tls_pair
+    if case == "key is text":
+        key = tmp_path / "k.pem"
+        key.write_text("not a key\n")
+    elif case == "key is the certificate":
+        key = cert
+    elif case == "certificate is text":
+        cert = tmp_path / "c.pem"
+        cert.write_text("hello\n")
+    elif case == "key is missing":
+        key = tmp_path / "none.pem"
+    elif case == "key is a directory":
+        key = tmp_path
+    else:  # a valid key that belongs to another certificate
+        other = tmp_path / "other.pem"
+        subprocess.run(
+            ["openssl", "genpkey", "-algorithm", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-out", str(other)],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        key = other
+    out = tmp_path / "out.pcapng"
+    code, _, err = _run(
+        ["listen", "-l", "tls:127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key),
+         "-w", str(out)]
+    )  # fmt: skip
+    assert code == 1
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("Error: " + line.format(key=key, cert=cert))
+    assert not out.exists()
+
+
+def _stopped_by(signum: int, tmp_path: Path) -> tuple[int, str, Path]:
+    # convert reading stdin that never ends, stopped by a signal once it is converting.
+    out = tmp_path / "out.pcapng"
+    out.write_bytes(b"an earlier capture")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hep2pcap", "convert", "-", "-w", str(out), "--window", "0"],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    proc.stdin.write(b"".join(_msg(INVITE, T0 + i) for i in range(50)))
+    proc.stdin.flush()
+    deadline = time.monotonic() + 60
+    while not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]:
+        assert time.monotonic() < deadline, "convert never opened its output"
+        assert proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    return proc.returncode, err.decode(), out
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stopped_convert_is_one_line_and_replaces_nothing(
+    tmp_path: Path, signum: int, code: int
+) -> None:
+    returncode, err, out = _stopped_by(signum, tmp_path)
+    assert returncode == code
+    name = signal.Signals(signum).name
+    assert err.splitlines() == [f"hep2pcap: interrupted ({name}); {out} left unchanged"] or (
+        len(err.splitlines()) == 1
+        and err.startswith(f"hep2pcap: interrupted ({name}); {out} left unchanged; the ")
+        and f"are in {out}.partial" in err
+    ), err
+    assert out.read_bytes() == b"an earlier capture"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    partial = tmp_path / "out.pcapng.partial"
+    if partial.exists():  # what was written before the signal: whole blocks
+        assert _epb_count(partial.read_bytes()) == int(err.split(" the ")[1].split()[0])
+
+
+README_TEXT = (TICKET.parents[2] / "README.md").read_text()
+EXIT_TABLE = re.search(r"<!-- exit codes -->\n(.*?)<!-- end exit codes -->", README_TEXT, re.S)
+
+
+def _readme_exit_codes() -> list[int]:
+    assert EXIT_TABLE is not None, "README lost its exit-code table"
+    rows = [r for r in EXIT_TABLE.group(1).splitlines() if re.match(r"\| \d+ \|", r)]
+    return [int(r.split("|")[1]) for r in rows]
+
+
+@pytest.mark.parametrize("code", _readme_exit_codes())
+def test_readme_exit_code_table_row(tmp_path: Path, code: int) -> None:
+    """Every row of the README's exit-code table happens, printing what the row says."""
+    if code == 0:
+        got, _, err = _run(["convert", str(TICKET), "-w", str(tmp_path / "o.pcapng")])
+        assert err.startswith("read ")
+    elif code == 1:
+        got, _, err = _run(["convert", str(tmp_path), "-w", str(tmp_path / "o.pcapng")])
+        assert len(err.splitlines()) == 1
+        assert "Traceback" not in err
+    elif code == 2:
+        got, _, err = _run(["convert", str(TICKET), "--no-such-option"])
+        assert "Usage:" in err
+    else:
+        got, err, _ = _stopped_by(code - 128, tmp_path)
+        assert len(err.splitlines()) == 1
+    assert got == code
