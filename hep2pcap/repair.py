@@ -234,6 +234,12 @@ class CopyFinder:
 
     def is_copy(self, ts_us: int, msg: HepMessage) -> bool:
         """True if another agent sent this packet within the window; else remember it."""
+        return self.check(ts_us, msg)[0]
+
+    def check(self, ts_us: int, msg: HepMessage) -> tuple[bool, int | None]:
+        """``(copy, gap_us)``: ``copy`` as :meth:`is_copy`; ``gap_us`` is how long ago the
+        same agent sent this very packet, when it did within the window (a packet received
+        more than once: ``hep2pcap info`` reports it; --dedup keeps it), else None."""
         seen, fifo = self._seen, self._fifo
         horizon = ts_us - self.window_us
         while fifo and (fifo[0][0] < horizon or len(fifo) > self.max_entries):
@@ -243,15 +249,14 @@ class CopyFinder:
                 del seen[old_key]
         key = (msg.payload, msg.ip_proto, msg.src_ip, msg.src_port, msg.dst_ip, msg.dst_port)
         prev = seen.get(key)
-        if (
-            prev is not None
-            and prev[1] != msg.capture_id
-            and abs(ts_us - prev[0]) <= self.window_us
-        ):
-            return True
+        gap = None
+        if prev is not None and abs(ts_us - prev[0]) <= self.window_us:
+            if prev[1] != msg.capture_id:
+                return True, None
+            gap = abs(ts_us - prev[0])
         seen[key] = (ts_us, msg.capture_id)
         fifo.append((ts_us, key))
-        return False
+        return False, gap
 
 
 #: --dedup's default window: copies of one packet arrive within milliseconds; a SIP

@@ -34,6 +34,8 @@ MAX_FLOWS = 100_000
 BACKWARDS_WARN_US = 1_000_000
 #: Directions listed (busiest first).
 TOP_DIRECTIONS = 20
+#: Gaps between a packet and its copy from the same agent kept for the "usual spacing".
+MAX_COPY_GAPS = 10_000
 
 
 Endpoint = tuple[bytes, int]
@@ -86,6 +88,9 @@ class Report:
         self.truncated = 0
         self.duplicates = 0
         self.duplicate_agents: set[int | None] = set()
+        self.same_agent_copies = 0  # one packet received again from the same agent
+        self.same_agent_copy_agents: set[int | None] = set()
+        self._copy_gaps: list[int] = []  # µs, the first MAX_COPY_GAPS
         self._copies = CopyFinder(dedup_window_us)
         self.dialogs: dict[tuple[int | None, str], _Dialog] = {}
         self.dialogs_untracked = 0
@@ -119,9 +124,15 @@ class Report:
         flow = (proto, src, dst)
         if flow in self.directions or len(self.directions) < MAX_FLOWS:
             self.directions[flow] += 1
-        if self._copies.is_copy(ts_us, msg):
+        copy, gap = self._copies.check(ts_us, msg)
+        if copy:
             self.duplicates += 1
             self.duplicate_agents.add(msg.capture_id)
+        elif gap is not None:
+            self.same_agent_copies += 1
+            self.same_agent_copy_agents.add(msg.capture_id)
+            if len(self._copy_gaps) < MAX_COPY_GAPS:
+                self._copy_gaps.append(gap)
         keys = keys_of(msg)
         self.calls.observe(ts_us, msg, keys)
         head = keys.head
@@ -177,9 +188,19 @@ class Report:
                 out[proto] += 1
         return out
 
+    def usual_copy_spacing_us(self) -> int | None:
+        """The median time between a packet and its copy from the same agent."""
+        gaps = sorted(self._copy_gaps)
+        return gaps[len(gaps) // 2] if gaps else None
+
     def warnings(self, stats: Stats) -> list[str]:
         """What a person must see, most important first."""
         out = []
+        if not self.messages:
+            out.append(
+                "no HEP messages"
+                + (f" accepted ({stats.read} read)" if stats.read else " in the input")
+            )
         for (agent, proto), (one, total, ex) in sorted(
             self.one_way_dialogs().items(), key=lambda kv: (-kv[1][0], str(kv[0]))
         ):
@@ -198,6 +219,14 @@ class Report:
             out.append(
                 f"{self.duplicates} messages were mirrored again by another agent "
                 f"(copies sent by agent {agents}; --dedup keeps one copy)"
+            )
+        if self.same_agent_copies:
+            agents = ", ".join(sorted(map(_agent, self.same_agent_copy_agents)))
+            out.append(
+                f"{self.same_agent_copies} messages are exact copies of a packet the same agent "
+                f"sent just before (agent {agents}; usually "
+                f"{_spacing(self.usual_copy_spacing_us())} apart): the packet was received more "
+                "than once; --dedup keeps them, it drops copies from other agents only"
             )
         if self.truncated:
             out.append(
@@ -261,6 +290,13 @@ class Report:
                 "truncated": self.truncated,
             },
             "duplicates": self.duplicates,
+            "same_agent_copies": {
+                "messages": self.same_agent_copies,
+                "agents": sorted(self.same_agent_copy_agents, key=str),
+                "usual_spacing_s": (
+                    None if (gap := self.usual_copy_spacing_us()) is None else gap / 1e6
+                ),
+            },
             "one_way_dialogs": [
                 {"agent": agent, "transport": proto, "one_way": one, "dialogs": total}
                 for (agent, proto), (one, total, _) in sorted(
@@ -313,6 +349,12 @@ class Report:
         lines.append(f"warnings:    {len(warnings) or 'none'}")
         lines.extend(f"  ! {w}" for w in warnings)
         return "\n".join(lines)
+
+
+def _spacing(us: int | None) -> str:
+    if us is None:
+        return "-"
+    return f"{us} µs" if us < 1000 else f"{us / 1000:.1f} ms"
 
 
 def _agent(agent: int | None) -> str:

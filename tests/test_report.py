@@ -146,3 +146,47 @@ def test_text_report_mentions_every_section(ticket: tuple[Report, Stats, dict[st
         assert head in text
     assert "TLS=" in text
     assert "fs1" in text
+
+
+def test_copies_from_the_same_agent_are_reported() -> None:
+    # One packet received three times (a sender mirroring to a broadcast and a forwarded
+    # address, like hep-wireshark's compressed sample), and a SIP retransmission 500 ms
+    # later: only the copies count, with their usual spacing.
+    from hep2pcap.hep import HepMessage
+
+    report = Report()
+    for ts in (10_000_000, 10_000_000, 10_000_040, 10_500_000):
+        report.observe(ts, HepMessage(3, 6, b"\1\2\3\4", b"\1\2\3\5", 1, 2, ts, b"x", capture_id=9))
+    d = report.to_dict(Stats())
+    jsonschema.validate(d, SCHEMA)
+    assert d["duplicates"] == 0
+    assert d["same_agent_copies"] == {"messages": 2, "agents": [9], "usual_spacing_s": 4e-05}
+    assert (
+        "2 messages are exact copies of a packet the same agent sent just before (agent 9; "
+        "usually 40 µs apart): the packet was received more than once; --dedup keeps them, "
+        "it drops copies from other agents only"
+    ) in d["warnings"]
+
+
+def test_the_ticket_has_copies_from_another_agent_only(
+    ticket: tuple[Report, Stats, dict[str, Any]],
+) -> None:
+    assert ticket[2]["same_agent_copies"]["messages"] == 0
+
+
+def test_an_empty_input_says_no_hep_messages(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.hep"
+    empty.write_bytes(b"")
+    report, stats = report_of(empty)
+    d = report.to_dict(stats)
+    jsonschema.validate(d, SCHEMA)
+    assert d["warnings"] == ["no HEP messages in the input"]
+    text = report.to_text(stats)
+    assert "warnings:    none" not in text
+    assert text.endswith("warnings:    1\n  ! no HEP messages in the input")
+
+
+def test_an_input_of_rejected_messages_says_none_accepted() -> None:
+    stats = Stats()
+    stats.read = 3  # three messages read, every one rejected: none reached the report
+    assert Report().to_dict(stats)["warnings"][0] == "no HEP messages accepted (3 read)"
