@@ -64,11 +64,16 @@ def _failed(exc: BaseException, output: str | None, note: str | None) -> Excepti
     return click.ClickException(f"{output}: cannot write: {exc.strerror or exc}{tail}")
 
 
+def _on_terminal() -> bool:
+    # Status lines are for a person watching (never in a pipe or a log file).
+    return sys.stderr.isatty()
+
+
 def _progress(counters: list[ByteCounter], label: str, show: bool) -> Progress | None:
-    # A status line on stderr, for a terminal only (never in a pipe or a log file).
+    # A status line on stderr, when ``show`` (a terminal, not --quiet).
     if not show:
         return None
-    return Progress(counters, label, lambda text: click.echo(text, nl=False, err=True))
+    return Progress(counters, label, lambda text: click.echo(text, nl=False, err=True, color=True))
 
 
 def _payload_types(values: tuple[str, ...]) -> frozenset[int] | None:
@@ -370,7 +375,7 @@ def convert_cmd(
     ports = frozenset(hep_ports) if hep_ports else None
     counters: list[ByteCounter] = []
     stats = Stats()
-    tty = not quiet and sys.stderr.isatty()
+    tty = not quiet and _on_terminal()
     safe: SafeOutput | None = None
     try:
         with signals_raise(), ExitStack() as stack:
@@ -767,7 +772,7 @@ def info_cmd(
                 inputs, stack, counters, lenient=lenient,
                 hep_ports=frozenset(hep_ports) if hep_ports else None,
             )  # fmt: skip
-            progress = _progress(counters, "", sys.stderr.isatty())
+            progress = _progress(counters, "", _on_terminal())
             try:
                 observe(sources, options, stats, report.observe, on_progress=progress)
             finally:
@@ -844,7 +849,7 @@ def split_cmd(
     index = CallIndex()
     criteria = selection.criteria
     selector = Selector(criteria, stats) if criteria else None
-    tty = not quiet and sys.stderr.isatty()
+    tty = not quiet and _on_terminal()
     if os.path.lexists(directory) and not os.path.isdir(directory):
         raise click.ClickException(f"{directory}: not a directory")
     folder: SafeFolder | None = None
