@@ -504,10 +504,10 @@ DEFAULT_LISTEN = ("udp:127.0.0.1:9060", "tcp:127.0.0.1:9060")
     metavar="MB", help="Received data held while conversion catches up; beyond it UDP is "
     "dropped (counted as 'not converted') and TCP is not read.",
 )  # fmt: skip
-@click.option("--tls-cert", type=click.Path(), help="Certificate (PEM) for tls:.")
-@click.option("--tls-key", type=click.Path(), help="Private key (PEM) for tls:.")
+@click.option("--tls-cert", metavar="FILE", help="Certificate (PEM) for tls:.")
+@click.option("--tls-key", metavar="FILE", help="Private key (PEM) for tls:.")
 @click.option(
-    "--tls-client-ca", type=click.Path(),
+    "--tls-client-ca", metavar="FILE",
     help="Require TLS clients to show a certificate signed by this CA (PEM).",
 )  # fmt: skip
 @click.option(
