@@ -1,7 +1,9 @@
 """Command line: thin click layer over the library.
 
-Owns: option parsing, opening the output, logging setup, exit codes (0 ok, 1 error,
-2 usage). Must never: hold conversion logic; everything it grows moves into the library.
+Owns: option parsing, opening the output, logging setup, exit codes (0 ok, 1 error in one
+line, 2 usage, 130/143 after SIGINT/SIGTERM in one line; README's table). Must never: hold
+conversion logic; everything it grows moves into the library (outputs.py: what a failed run
+leaves; progress.py: status lines).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Owns: the health report over the pipeline's accepted messages (time range, agents,
 versions, payload types, transports, directions, SIP methods and responses, calls) and
 the warnings a person must see: dialogs or flows seen in one direction only (the
-FreeSWITCH FS-9657 signature), packets mirrored by several agents, SIP messages shorter
+FreeSWITCH FS-9657 signature), packets mirrored by several agents, packets received
+more than once from the same agent, an input with no HEP message, SIP messages shorter
 than their Content-Length, and time going backwards per agent. Must never: do I/O or
 read clocks; memory stays bounded (per-dialog tracking stops at a cap, and says so).
 """
