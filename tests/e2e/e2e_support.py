@@ -334,6 +334,17 @@ def expected_sip(name: str) -> list[dict[str, Any]]:
 # --- an independent HEP reader (oracle for captures we did not generate) ---------------------
 
 
+def raw_messages(data: bytes) -> list[bytes]:
+    """The HEPv3 messages of a raw dump, cut by their length fields (no checks: our own
+    fixtures)."""
+    out, pos = [], 0
+    while pos < len(data):
+        (total,) = struct.unpack_from("!H", data, pos + 4)
+        out.append(data[pos : pos + total])
+        pos += total
+    return out
+
+
 def hep3_chunks(data: bytes) -> dict[int, bytes]:
     """Generic chunks of one HEPv3 message: {type: value} (written from the spec, not hep.py)."""
     assert data[:4] == b"HEP3", data[:8]

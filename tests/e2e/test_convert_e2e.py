@@ -13,7 +13,6 @@ from __future__ import annotations
 import gzip
 import ipaddress
 import json
-import struct
 import subprocess
 import zlib
 from collections import Counter
@@ -32,6 +31,7 @@ from e2e_support import (
     hep3_chunks,
     iter_udp_payloads,
     manifest,
+    raw_messages,
     run_convert,
     sngrep_dialogs,
     sngrep_read,
@@ -387,20 +387,11 @@ def test_lf_only_sip_is_sip_to_tshark_and_nothing_to_sngrep(
     frames = tshark_frames(tshark, wireshark_env, out)
     assert_frames_match(frames, expected_sip(name))
     assert_clean(frames)
-    payloads = [hep3_chunks(m)[0x0F] for m in _raw_messages(fixture_path(name).read_bytes())]
+    payloads = [hep3_chunks(m)[0x0F] for m in raw_messages(fixture_path(name).read_bytes())]
     assert all(b"\n" in p and b"\r" not in p for p in payloads)
     data = out.read_bytes()
     assert all(p in data for p in payloads), "the payloads are written unchanged"
     assert sngrep_dialogs(sngrep, out, tmp_path) == 0
-
-
-def _raw_messages(data: bytes) -> list[bytes]:
-    out, pos = [], 0
-    while pos < len(data):
-        (total,) = struct.unpack_from("!H", data, pos + 4)
-        out.append(data[pos : pos + total])
-        pos += total
-    return out
 
 
 def test_mirrored_zlib_tcp_is_written_three_times_and_reported(

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-import struct
 import subprocess
 import sys
 
 import pytest
-from e2e_support import FIXTURES, TIMEOUT_S, hep3_chunks, iter_udp_payloads, manifest
+from e2e_support import FIXTURES, TIMEOUT_S, hep3_chunks, iter_udp_payloads, manifest, raw_messages
 
 pytestmark = pytest.mark.e2e
 
@@ -61,15 +60,6 @@ def check_sip(payload: bytes) -> str:
     if body:
         assert b"\n" not in body.replace(b"\r\n", b"")
     return headers["call-id"]
-
-
-def raw_messages(data: bytes) -> list[bytes]:
-    out, pos = [], 0
-    while pos < len(data):
-        (total,) = struct.unpack_from("!H", data, pos + 4)
-        out.append(data[pos : pos + total])
-        pos += total
-    return out
 
 
 @pytest.mark.parametrize("name", ["hep/sample-call.hep", "hep/multi-agent.hep"])

@@ -18,21 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from e2e_support import FIXTURES, TIMEOUT_S, run_convert, tshark_frames
+from e2e_support import FIXTURES, TIMEOUT_S, raw_messages, run_convert, tshark_frames
 
 pytestmark = pytest.mark.e2e
 
 NAME = "hep/multi-agent.hep"
 DEADLINE_S = 10.0
-
-
-def split_raw(data: bytes) -> list[bytes]:
-    out, pos = [], 0
-    while pos < len(data):
-        (total,) = struct.unpack_from("!H", data, pos + 4)
-        out.append(data[pos : pos + total])
-        pos += total
-    return out
 
 
 def udp_socket_state(port: int) -> int | None:
@@ -70,7 +61,7 @@ def test_sngrep_own_hep_export_vs_hep2pcap(
     )
     try:
         wait_for(lambda: udp_socket_state(port) is not None, "sngrep to listen")
-        msgs = split_raw((FIXTURES / NAME).read_bytes())
+        msgs = raw_messages((FIXTURES / NAME).read_bytes())
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
             for m in msgs:
                 c.sendto(m, ("127.0.0.1", port))
