@@ -380,7 +380,7 @@ def convert_cmd(
     tty = not quiet and _on_terminal()
     safe: SafeOutput | None = None
     try:
-        with signals_raise(), ExitStack() as stack:
+        with signals_raise() as stop, ExitStack() as stack:
             refuse_same_file(inputs, [output])
             select = None
             if selection.criteria:
@@ -410,6 +410,7 @@ def convert_cmd(
             finally:
                 if progress is not None:
                     progress.close()
+            stop.check()
             if safe is not None:
                 safe.commit()
                 safe = None
@@ -769,7 +770,7 @@ def info_cmd(
     report, stats = Report(), Stats()
     counters: list[ByteCounter] = []
     try:
-        with signals_raise(), ExitStack() as stack:
+        with signals_raise() as stop, ExitStack() as stack:
             sources = open_inputs(
                 inputs, stack, counters, lenient=lenient,
                 hep_ports=frozenset(hep_ports) if hep_ports else None,
@@ -780,6 +781,7 @@ def info_cmd(
             finally:
                 if progress is not None:
                     progress.close()
+            stop.check()
     except (Hep2PcapError, KeyboardInterrupt) as exc:
         raise _failed(exc, None, None) from exc
     try:
@@ -856,7 +858,7 @@ def split_cmd(
         raise click.ClickException(f"{directory}: not a directory")
     folder: SafeFolder | None = None
     try:
-        with signals_raise(), ExitStack() as stack:
+        with signals_raise() as stop, ExitStack() as stack:
             inputs = _spool_stdin(inputs, stack)
             observers: list[Callable[[int, HepMessage], None]] = [index.observe]
             keep = None
@@ -897,6 +899,7 @@ def split_cmd(
             files = set(writer.files)
             write_index(os.path.join(folder.path, INDEX_NAME),
                         [c for c in calls if c.file in files])  # fmt: skip
+            stop.check()
             folder.commit([*writer.files, INDEX_NAME])
             folder = None
     except (Hep2PcapError, OSError, KeyboardInterrupt) as exc:

@@ -41,6 +41,7 @@ log = logging.getLogger("hep2pcap")
 BATCH = 512
 _LENGTH = struct.Struct("<I")
 _ITEMS, _END, _ERROR = 0, 1, 2
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 #: A message's fields as a tuple, in the order HepMessage(*fields) takes them.
 _FIELDS_OF = operator.attrgetter(*(f.name for f in dataclasses.fields(HepMessage)))
@@ -67,10 +68,14 @@ def offloaded(
     # collections do not write to (and copy) the pages it shares with the parent (split's
     # call index can be hundreds of MB).
     gc.freeze()
+    # No signal handler may run inside fork's hooks (an exception raised there is only
+    # reported, and the signal lost): SIGINT/SIGTERM wait until both sides are set up.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     pid = os.fork()
     if pid == 0:  # the child: never returns
         os.close(read_fd)
-        _child(front, stats, counters, write_fd)
+        _child(front, stats, counters, write_fd, blocked)
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     gc.unfreeze()
     os.close(write_fd)
     pipe = os.fdopen(read_fd, "rb", buffering=1 << 20)
@@ -115,13 +120,16 @@ def _receive(
             raise exc if exc is not None else Hep2PcapError(text)
 
 
-def _child(front: Front, stats: Stats, counters: Sequence[ByteCounter], fd: int) -> None:
+def _child(
+    front: Front, stats: Stats, counters: Sequence[ByteCounter], fd: int, mask: set[int]
+) -> None:
     code = 0
     try:
         # Ctrl-C and SIGTERM are the parent's to handle: it writes what it has and ends
         # this process. A parent gone for good closes the pipe: the next send fails.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         # Log lines go to the parent with the items, and are written there in order with
         # everything else it prints (its stderr may not even be a file: click's CliRunner).
         logged: list[tuple[int, str]] = []

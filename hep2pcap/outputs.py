@@ -39,23 +39,37 @@ class Interrupted(Hep2PcapError):
         super().__init__(f"interrupted ({signal.Signals(signum).name})")
 
 
+class Stop:
+    """The signal :func:`signals_raise` saw (``signum``), for :meth:`check`."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def check(self) -> None:
+        """Raise :class:`Interrupted` if a signal came but its exception was swallowed
+        (raised inside a callback Python only reports, such as a fork hook): call it
+        before making a result final (renaming it into place)."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+
 @contextlib.contextmanager
-def signals_raise() -> Iterator[None]:
+def signals_raise() -> Iterator[Stop]:
     """Within the block, SIGINT and SIGTERM raise :class:`Interrupted` (main thread only).
 
     The previous handlers come back at the end. A second signal while the first is being
     handled is ignored, so the clean-up (renaming a partial file) is not cut short.
     """
-    raised = [False]
+    stop = Stop()
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        if not raised[0]:
-            raised[0] = True
+        if stop.signum is None:
+            stop.signum = signum
             raise Interrupted(signum)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield stop
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -157,7 +171,7 @@ class SafeOutput:
                 os.replace(self.tmp, self.target)
             except OSError as exc:
                 raise Hep2PcapError(
-                    f"{self.path}: cannot write: {exc.strerror or exc}; the output is in {self.tmp}"
+                    f"{self.path}: cannot rename into place: {exc.strerror or exc}"
                 ) from exc
             self.tmp = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -145,3 +146,15 @@ def test_signals_raise_interrupted_and_restore_the_handlers(signum: int, code: i
     assert caught.value.exit_code == code
     assert str(caught.value) == f"interrupted ({signal.Signals(signum).name})"
     assert signal.getsignal(signum) is before
+
+
+def test_a_signal_whose_exception_was_swallowed_is_raised_by_check() -> None:
+    # Python only reports an exception raised inside some callbacks (a fork hook, __del__):
+    # check() before renaming into place still sees that the signal came.
+    with signals_raise() as stop:
+        with contextlib.suppress(Interrupted):  # what such a callback does with it
+            os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(Interrupted, match="SIGINT"):
+            stop.check()
+    with signals_raise() as calm:
+        calm.check()  # no signal: nothing raised
