@@ -75,11 +75,11 @@ def offloaded(
     if pid == 0:  # the child: never returns
         os.close(read_fd)
         _child(front, stats, counters, write_fd, blocked)
-    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     gc.unfreeze()
     os.close(write_fd)
     pipe = os.fdopen(read_fd, "rb", buffering=1 << 20)
     try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a signal waiting raises here
         yield from _receive(pipe, stats, before, counters)
     finally:
         pipe.close()  # a child still sending gets EPIPE and ends
