@@ -23,13 +23,14 @@ import click
 from . import __version__
 from .errors import Hep2PcapError
 from .filters import Criteria, Selector, compile_match, parse_host, parse_time
-from .hep import DecodeOptions, HepMessage, PayloadType
+from .hep import DecodeOptions, HepMessage
 from .offload import available as offloading_available
 from .offload import offloaded
 from .outputs import Interrupted, SafeOutput, refuse_same_file, signals_raise
 from .pcapng import LINKTYPE_ETHERNET, LINKTYPE_RAW, PacketWriter, PcapngWriter, PcapWriter
 from .pipeline import Offload, Options, Stage, convert, observe
 from .progress import Progress
+from .render import FAITHFUL_TYPES, parse_payload_type
 from .sources import ByteCounter, open_inputs
 from .stats import Stats
 
@@ -78,18 +79,21 @@ def _progress(counters: list[ByteCounter], label: str, show: bool) -> Progress |
     return Progress(counters, label, lambda text: click.echo(text, nl=False, err=True, color=True))
 
 
-def _payload_types(values: tuple[str, ...]) -> frozenset[int] | None:
-    if "all" in values:
-        return None
-    types = {int(PayloadType.SIP)}
-    for v in values:
+def _payload_types(include: tuple[str, ...], exclude: tuple[str, ...]) -> frozenset[int] | None:
+    def parsed(value: str, hint: str) -> int:
         try:
-            types.add(int(v, 0))
-        except ValueError:
-            raise click.BadParameter(
-                f"{v!r} is not a number or 'all'", param_hint="--include-type"
-            ) from None
-    return frozenset(types)
+            return parse_payload_type(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=hint) from None
+
+    excluded = {parsed(v, "--exclude-type") for v in exclude}
+    if "all" in include:
+        if not excluded:
+            return None
+        types = set(range(256))
+    else:
+        types = set(FAITHFUL_TYPES) | {parsed(v, "--include-type") for v in include}
+    return frozenset(types - excluded)
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
@@ -107,7 +111,17 @@ _T = TypeVar("_T")
 
 
 def frame_options(command: F) -> F:
-    """The options convert and listen share: what is written, and how much is said."""
+    """The options convert and listen share: what is written, and how much is said.
+
+    --include-type and --exclude-type reach the command as one ``payload_types`` argument.
+    """
+
+    @functools.wraps(command)
+    def wrapper(
+        *, include_types: tuple[str, ...], exclude_types: tuple[str, ...], **kwargs: Any
+    ) -> None:
+        command(payload_types=_payload_types(include_types, exclude_types), **kwargs)
+
     for option in reversed(
         (
             click.option(
@@ -124,8 +138,16 @@ def frame_options(command: F) -> F:
                 "--include-type",
                 "include_types",
                 multiple=True,
-                metavar="N|all",
-                help="Also write this HEP payload type (e.g. 100 for LOG); 'all' writes all.",
+                metavar="TYPE|all",
+                help="Also write this HEP payload type (number or name, e.g. 32 or qos-json), "
+                "as it is; 'all': every type. Repeatable.",
+            ),
+            click.option(
+                "--exclude-type",
+                "exclude_types",
+                multiple=True,
+                metavar="TYPE",
+                help="Do not write this HEP payload type (e.g. log, rtcp-json, 4). Repeatable.",
             ),
             click.option(
                 "--use-receive-time",
@@ -142,8 +164,8 @@ def frame_options(command: F) -> F:
             ),
         )
     ):
-        command = option(command)
-    return command
+        wrapper = option(wrapper)
+    return cast(F, wrapper)
 
 
 def select_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -268,7 +290,7 @@ def _selection(
 def _options(
     linktype: str,
     no_comments: bool,
-    include_types: tuple[str, ...],
+    payload_types: frozenset[int] | None,
     use_receive_time: bool,
     verbose: bool,
     password: str | None,
@@ -281,7 +303,7 @@ def _options(
     return Options(
         decode=DecodeOptions(strict=strict, lenient=lenient, use_receive_time=use_receive_time),
         password=password.encode() if password is not None else None,
-        payload_types=_payload_types(include_types),
+        payload_types=payload_types,
         window_us=round(window_s * 1_000_000),
         comments=not no_comments,
         strict=strict,
@@ -350,7 +372,7 @@ def convert_cmd(
     linktype: str,
     no_comments: bool,
     password: str | None,
-    include_types: tuple[str, ...],
+    payload_types: frozenset[int] | None,
     window_s: float,
     use_receive_time: bool,
     hep_ports: tuple[int, ...],
@@ -363,15 +385,16 @@ def convert_cmd(
 ) -> None:
     """Convert saved HEP dumps (raw HEPv3, pcap or pcapng, gzip or not) to pcapng.
 
-    Several inputs are merged by time; '-' reads stdin. Only SIP is written unless
-    --include-type says otherwise. Filters keep whole dialogs (a first pass finds them).
-    A summary goes to stderr.
+    Several inputs are merged by time; '-' reads stdin. SIP, RTP, RTCP reports (rebuilt
+    from their JSON) and logs (as syslog) are written; --include-type and --exclude-type
+    change that. Filters keep whole dialogs (a first pass finds them). A summary goes to
+    stderr.
 
     Example: hep2pcap convert hep-traffic.pcap agent2.hep.gz -w calls.pcapng
     """
     _setup_logging(verbose, quiet)
     options = _options(
-        linktype, no_comments, include_types, use_receive_time, verbose, password, window_s,
+        linktype, no_comments, payload_types, use_receive_time, verbose, password, window_s,
         selection, strict=strict, lenient=lenient,
     )  # fmt: skip
     ports = frozenset(hep_ports) if hep_ports else None
@@ -565,7 +588,7 @@ def listen_cmd(
     window_s: float,
     linktype: str,
     no_comments: bool,
-    include_types: tuple[str, ...],
+    payload_types: frozenset[int] | None,
     use_receive_time: bool,
     verbose: bool,
     quiet: bool,
@@ -574,7 +597,7 @@ def listen_cmd(
     """Capture live HEP (UDP, TCP, TLS) to pcapng that can be opened at any moment.
 
     Listens on 127.0.0.1:9060 (UDP and TCP) unless -l says otherwise, prints the bound
-    addresses on stderr, and writes SIP frames in HEP-time order, flushed every second.
+    addresses on stderr, and writes frames in HEP-time order, flushed every second.
     SIGINT/SIGTERM flush, close and print the summary (exit 0); SIGHUP starts a new file.
     Rotated files are named NAME.00000.EXT, NAME.00001.EXT, ... Filters are applied as
     messages arrive: a dialog's messages are held (up to 20000) until one matches.
@@ -614,7 +637,7 @@ def listen_cmd(
         raise click.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
 
     options = _options(
-        linktype, no_comments, include_types, use_receive_time, verbose, password, window_s,
+        linktype, no_comments, payload_types, use_receive_time, verbose, password, window_s,
         selection,
     )  # fmt: skip
     stats = Stats()
@@ -763,7 +786,7 @@ def info_cmd(
 
     _setup_logging(verbose, quiet=False)
     options = dataclasses.replace(
-        _options("ethernet", True, ("all",), use_receive_time, verbose, password, 2.0,
+        _options("ethernet", True, None, use_receive_time, verbose, password, 2.0,
                  lenient=lenient),
         warn_limit=0 if not verbose else None,
     )  # fmt: skip
@@ -824,7 +847,7 @@ def split_cmd(
     one_process: bool,
     linktype: str,
     no_comments: bool,
-    include_types: tuple[str, ...],
+    payload_types: frozenset[int] | None,
     use_receive_time: bool,
     verbose: bool,
     quiet: bool,
@@ -845,7 +868,7 @@ def split_cmd(
 
     _setup_logging(verbose, quiet)
     options = _options(
-        linktype, no_comments, include_types, use_receive_time, verbose, password, window_s,
+        linktype, no_comments, payload_types, use_receive_time, verbose, password, window_s,
         selection, lenient=lenient,
     )  # fmt: skip
     ports = frozenset(hep_ports) if hep_ports else None

@@ -87,6 +87,9 @@ class Reason(enum.Enum):
     SIP_TRUNCATED = "sip_truncated"  # body shorter than Content-Length (or no end of headers)
     DUPLICATE = "duplicate"  # the same packet mirrored by another agent (dropped by --dedup)
     REDACTED = "redacted"  # --redact masked secrets in the payload (lengths unchanged)
+    # non-SIP payloads (render.py, HEP-SPEC §15)
+    RTCP_JSON_INVALID = "rtcp_json_invalid"  # a type 5 payload that is not one JSON object
+    RTCP_JSON_UNMAPPED = "rtcp_json_unmapped"  # JSON keys or values outside the RTCP mapping
 
 
 #: Reasons that mean "not for us, by design" rather than "broken": counted as skipped,
@@ -99,6 +102,7 @@ SKIP_REASONS = frozenset(
         Reason.NOT_HEP,
         Reason.TCP_MIDSTREAM_START,
         Reason.DUPLICATE,
+        Reason.RTCP_JSON_UNMAPPED,
     }
 )
 

@@ -88,11 +88,36 @@ class PayloadType(enum.IntEnum):
     LOG = 0x64
 
 
-#: What output calls each named payload type (RTCP_JSON reads "RTCP-JSON").
+#: What output calls each payload type (HEP-SPEC §4; RTCP_JSON reads "RTCP-JSON").
 PAYLOAD_TYPE_NAMES: dict[int, str] = {
     PayloadType.SIP: "SIP",
+    0x02: "XMPP",
+    0x03: "SDP",
     PayloadType.RTP: "RTP",
     PayloadType.RTCP_JSON: "RTCP-JSON",
+    0x06: "MGCP",
+    0x07: "MEGACO",
+    0x08: "M2UA",
+    0x09: "M3UA",
+    0x0A: "IAX",
+    0x0B: "H322",
+    0x0C: "H321",
+    0x0D: "M2PA",
+    0x14: "WebRTC-JSON",
+    0x20: "QoS-JSON",
+    0x22: "MOS-JSON",
+    0x23: "MOS-short-JSON",
+    0x26: "horaclifix-JSON",
+    0x32: "SIP-JSON",
+    0x35: "DNS-JSON",
+    0x36: "M3UA-ISUP-JSON",
+    0x37: "RTSP-JSON",
+    0x38: "Diameter-JSON",
+    0x39: "GSM-MAP-JSON",
+    0x3A: "RTCP-PION",
+    0x3C: "CDR",
+    0x3D: "Verto-or-NG-control",
+    0x63: "QoS-report-JSON",
     PayloadType.LOG: "LOG",
 }
 
@@ -172,6 +197,8 @@ class HepMessage:
     vlan_id: int | None = None
     compressed: bool = False
     warnings: tuple[Reason, ...] = field(default=(), compare=False)
+    #: what the packet comment should add when the payload was rendered (render.py)
+    note: str | None = None
 
     @property
     def ip_version(self) -> int:

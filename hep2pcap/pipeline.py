@@ -32,6 +32,7 @@ from .hep import (
 )
 from .pcapng import LINKTYPE_ETHERNET, PacketWriter
 from .redact import redact
+from .render import FAITHFUL_TYPES, RenderError, render
 from .repair import ARRIVAL_STEP, drop_copies, marked, repair_sip
 from .stats import Stats
 
@@ -84,7 +85,8 @@ class Options:
     Attributes:
         decode: decoder switches.
         password: when set, the auth key must be present and equal (HEP-SPEC §8).
-        payload_types: payload types to write; ``None`` writes all.
+        payload_types: payload types to write; ``None`` writes all (types without a
+            rendering as they are). By default the types render.py writes faithfully.
         window_us: reorder window in HEP time.
         max_pending: cap on messages held in the window (memory bound).
         comments: write a per-packet comment.
@@ -100,7 +102,7 @@ class Options:
 
     decode: DecodeOptions = DEFAULT_OPTIONS
     password: bytes | None = None
-    payload_types: frozenset[int] | None = frozenset({PayloadType.SIP})
+    payload_types: frozenset[int] | None = FAITHFUL_TYPES
     window_us: int = 2_000_000
     max_pending: int = 100_000
     comments: bool = True
@@ -119,6 +121,8 @@ def describe(msg: HepMessage, extra: Reason | None = None) -> str:
     Example: ``HEPv3; agent 2001; node kam1; proto 22 (TLS); correlation abc@host``.
     """
     head = _comment_head(msg.version, msg.capture_id, msg.node_name, msg.ip_proto, msg.payload_type)
+    if msg.note is not None:
+        head = f"{head}; {msg.note}"
     tail = (
         _comment_tail(msg.compressed, msg.warnings, extra)
         if msg.warnings or extra or msg.compressed
@@ -140,8 +144,7 @@ def _comment_head(
         parts.append(f"node {node}")
     parts.append(f"proto {proto_label(ip_proto)}")
     if ptype is not None and ptype != PayloadType.SIP:
-        name = PAYLOAD_TYPE_NAMES.get(ptype)
-        parts.append(f"type {ptype}" + (f" ({name})" if name else ""))
+        parts.append(f"type {type_label(ptype)}")
     return "; ".join(parts)
 
 
@@ -171,6 +174,15 @@ _NOTED = frozenset(
         Reason.REDACTED,
     }
 )
+
+
+SIP = int(PayloadType.SIP)
+
+
+def type_label(ptype: int) -> str:
+    """``"32 (QoS-JSON)"`` — a payload type with its name, if it has one."""
+    name = PAYLOAD_TYPE_NAMES.get(ptype)
+    return f"{ptype} ({name})" if name else str(ptype)
 
 
 def _looks_like_sip(payload: bytes) -> bool:
@@ -238,10 +250,11 @@ def iter_messages(
             ptype = msg.payload_type
             if types is not None and ptype not in types:
                 if ptype is not None:
+                    stats.skipped_types[ptype] += 1
                     reporter.reject(
                         Reason.UNSUPPORTED_PAYLOAD_TYPE,
                         f"{name} {unit} {pos}",
-                        f"payload type {ptype}",
+                        f"payload type {type_label(ptype)}",
                     )
                     continue
                 if PayloadType.SIP not in types or not _looks_like_sip(msg.payload):
@@ -262,6 +275,12 @@ def iter_messages(
                     )
                     continue
                 ts = rec_ts
+            if ptype != SIP and ptype is not None:  # one comparison on the SIP hot path
+                try:
+                    msg = render(msg)
+                except RenderError as exc:
+                    reporter.reject(exc.reason, f"{name} {unit} {pos}", exc.detail)
+                    continue
             for w in msg.warnings:
                 stats.warnings[w] += 1
             yield (ts, next(order), msg)

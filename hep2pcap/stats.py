@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from .errors import SKIP_REASONS, Reason
 from .frames import transport_label
+from .hep import PAYLOAD_TYPE_NAMES
 
 _K = TypeVar("_K")
 
@@ -38,6 +39,8 @@ class Stats:
     dropped: Counter[Reason] = field(default_factory=Counter)
     input_problems: Counter[Reason] = field(default_factory=Counter)
     warnings: Counter[Reason] = field(default_factory=Counter)
+    #: messages skipped because their payload type is not written, by payload type
+    skipped_types: Counter[int] = field(default_factory=Counter)
     #: written messages by (agent, HEP ip proto, src, sport, dst, dport); see count_new_flow
     flows: Counter[FlowKey] = field(default_factory=Counter)
     # live capture only (hep2pcap listen); offline runs leave them unset
@@ -116,6 +119,9 @@ class Stats:
             + f", dropped {self.dropped_total}{_reasons(self.dropped)}"
         )
         lines = [head]
+        if self.skipped_types:
+            text = ", ".join(f"{_type_label(t)}={n}" for t, n in _sorted(self.skipped_types))
+            lines.append(f"  payload types not written: {text}")
         if self.filtered:
             lines.append(f"  left out by filters: {self.filtered}")
         if self.input_problems:
@@ -173,6 +179,11 @@ def _pairs(counter: Counter[Reason]) -> str:
 
 def _reasons(counter: Counter[Reason]) -> str:
     return f" ({_pairs(counter)})" if counter else ""
+
+
+def _type_label(ptype: int) -> str:
+    name = PAYLOAD_TYPE_NAMES.get(ptype)
+    return f"{name}({ptype})" if name else str(ptype)
 
 
 def _endpoint(ip: bytes, port: int) -> str:

@@ -176,19 +176,32 @@ def test_password_exact_match(tmp_path: Path) -> None:
     assert b"secret" not in stdout, "the auth key never reaches the output"
 
 
-def test_non_sip_types_skipped_unless_included(tmp_path: Path) -> None:
-    path = tmp_path / "log.hep"
-    path.write_bytes(_msg(INVITE, T0) + _msg(b"SYSLOG: hello", T0 + 1, payload_type=100))
+def test_payload_types_default_include_exclude(tmp_path: Path) -> None:
+    path = tmp_path / "types.hep"
+    path.write_bytes(
+        _msg(INVITE, T0)
+        + _msg(b"SYSLOG: hello", T0 + 1, payload_type=100)
+        + _msg(b'{"mos": 4.2}', T0 + 2, payload_type=0x20)
+    )
     code, stdout, stderr = _run(["convert", str(path), "-w", "-"])
-    assert (code, _epb_count(stdout)) == (0, 1)
+    assert (code, _epb_count(stdout)) == (0, 2)  # SIP and LOG by default
     assert "skipped 1 (unsupported_payload_type=1)" in stderr
-    code, stdout, _ = _run(["convert", str(path), "-w", "-", "--include-type", "100"])
+    assert "payload types not written: QoS-JSON(32)=1" in stderr
+    for name in ("32", "0x20", "qos-json", "all"):
+        code, stdout, _ = _run(["convert", str(path), "-w", "-", "--include-type", name])
+        assert (code, _epb_count(stdout)) == (0, 3), name
+    for name in ("100", "log", "LOG"):
+        code, stdout, _ = _run(["convert", str(path), "-w", "-", "--exclude-type", name])
+        assert (code, _epb_count(stdout)) == (0, 1), name
+    args = ["--include-type", "all", "--exclude-type", "sip"]
+    code, stdout, _ = _run(["convert", str(path), "-w", "-", *args])
     assert (code, _epb_count(stdout)) == (0, 2)
-    code, stdout, _ = _run(["convert", str(path), "-w", "-", "--include-type", "all"])
-    assert (code, _epb_count(stdout)) == (0, 2)
-    code, _, stderr = _run(["convert", str(path), "-w", "-", "--include-type", "log"])
+    code, _, stderr = _run(["convert", str(path), "-w", "-", "--include-type", "syslog"])
     assert code == 2
-    assert "not a number" in stderr
+    assert "not a payload type" in stderr
+    code, _, stderr = _run(["convert", str(path), "-w", "-", "--exclude-type", "300"])
+    assert code == 2
+    assert "outside 0-255" in stderr
 
 
 def test_no_comments(dump: Path) -> None:

@@ -953,6 +953,8 @@ COVERAGE: dict[Reason, str] = {
     Reason.SIP_TRUNCATED: "test_repair::test_truncated_udp_message_is_written_and_marked",
     Reason.DUPLICATE: "test_repair::test_drop_copies_counts_duplicates_as_skipped",
     Reason.REDACTED: "test_pipeline::test_redact_masks_in_place_and_says_so",
+    Reason.RTCP_JSON_INVALID: "test_render::test_invalid",
+    Reason.RTCP_JSON_UNMAPPED: "test_render::test_unmapped",
 }
 #: Produced by no core module (hep, stream, frames, pcapng, stats, pipeline).
 NOT_CORE: dict[Reason, str] = {

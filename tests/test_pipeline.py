@@ -172,24 +172,56 @@ def test_record_time_bounds_hep_time() -> None:
 
 
 def test_unsupported_payload_type_skipped() -> None:
-    log_msg = msg_at(0, payload_type=u8(0x64))
-    stats, w = run(*records(log_msg, msg_at(1)))
+    # QoS JSON (32) has no faithful rendering: counted by name, kept out of the file
+    qos = msg_at(0, payload_type=u8(0x20), payload=b'{"mos": 4.1}')
+    stats, w = run(*records(qos, msg_at(1)))
     assert stats.skipped == {Reason.UNSUPPORTED_PAYLOAD_TYPE: 1}
+    assert stats.skipped_types == {0x20: 1}
+    assert "  payload types not written: QoS-JSON(32)=1" in stats.summary().splitlines()
     assert stats.dropped_total == 0
     assert w.times == [1]
 
 
+def test_faithful_types_written_by_default() -> None:
+    # LOG (as syslog), RTP (as it is) and RTCP-JSON (rebuilt) need no option
+    rtcp = b'{"ssrc":1,"type":201,"report_count":0,"report_blocks":[]}'
+    datas = [
+        msg_at(0, payload_type=u8(0x64), payload=b"routing to bob"),
+        msg_at(1, payload_type=u8(4), payload=b"\x80\x00\x00\x01rtp"),
+        msg_at(2, payload_type=u8(5), payload=rtcp),
+    ]
+    stats, w = run(*records(*datas))
+    assert (stats.written, stats.skipped_total) == (3, 0)
+    log, rtp, rr = (UDP(IP(p.frame).payload.build()) for p in w.packets)
+    assert (log.dport, bytes(log.payload)) == (514, b"<14>routing to bob")
+    assert bytes(rtp.payload) == b"\x80\x00\x00\x01rtp"
+    assert bytes(rr.payload) == bytes.fromhex("80c9000100000001")
+    comments = [p.comment or "" for p in w.packets]
+    assert "type 100 (LOG); LOG as syslog to port 514 (HEP ports 5060 -> 5080)" in comments[0]
+    assert "type 4 (RTP)" in comments[1]
+    assert "type 5 (RTCP-JSON); RTCP rebuilt from the HEP JSON report" in comments[2]
+
+
+def test_rtcp_json_reasons_counted() -> None:
+    bad = msg_at(0, payload_type=u8(5), payload=b"not json")
+    unknown = msg_at(1, payload_type=u8(5), payload=b'{"ssrc":1,"type":201,"mos":4}')
+    stats, w = run(*records(bad, unknown, msg_at(2)))
+    assert stats.dropped == {Reason.RTCP_JSON_INVALID: 1}
+    assert stats.skipped == {Reason.RTCP_JSON_UNMAPPED: 1}
+    assert w.times == [2]
+
+
 def test_all_payload_types_when_asked() -> None:
     opts = Options(linktype=LINKTYPE_RAW, payload_types=None)
-    stats, w = run(*records(msg_at(0, payload_type=u8(0x64))), options=opts)
+    stats, w = run(*records(msg_at(0, payload_type=u8(0x20))), options=opts)
     assert stats.written == 1
     assert w.packets[0].comment is not None
-    assert "type 100 (LOG)" in w.packets[0].comment
+    assert "type 32 (QoS-JSON)" in w.packets[0].comment
 
 
 def test_selected_payload_types() -> None:
-    opts = Options(linktype=LINKTYPE_RAW, payload_types=frozenset({5}))
-    stats, _ = run(*records(msg_at(0, payload_type=u8(5)), msg_at(1)), options=opts)
+    opts = Options(linktype=LINKTYPE_RAW, payload_types=frozenset({4}))
+    stats, _ = run(*records(msg_at(0, payload_type=u8(4)), msg_at(1)), options=opts)
     assert (stats.written, stats.skipped) == (1, {Reason.UNSUPPORTED_PAYLOAD_TYPE: 1})
 
 
@@ -289,7 +321,7 @@ def test_a_write_error_is_not_hidden_by_the_final_flush() -> None:
 
 def test_strict_does_not_raise_on_skips() -> None:
     opts = Options(linktype=LINKTYPE_RAW, strict=True)
-    stats, w = run(*records(msg_at(0, payload_type=u8(5)), msg_at(1)), options=opts)
+    stats, w = run(*records(msg_at(0, payload_type=u8(0x20)), msg_at(1)), options=opts)
     assert stats.skipped == {Reason.UNSUPPORTED_PAYLOAD_TYPE: 1}
     assert w.times == [1]
 
@@ -547,7 +579,7 @@ def test_summary_of_a_mixed_run() -> None:
     datas = [
         msg_at(0),
         msg_at(1, ip_proto=u8(22)),
-        msg_at(2, payload_type=u8(0x64)),
+        msg_at(2, payload_type=u8(0x20)),
         b"HEP4\x00\x10",
         v3(six, (0, ChunkType.SRC_IP6, ip("2001:db8::1")), (0, ChunkType.DST_IP6, ip("::2"))),
     ]
