@@ -15,9 +15,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from e2e_support import expert_problems, run_convert, sngrep_dialogs, tshark_fields
 
 from hep2pcap.hep import HepMessage, encode
+
+pytestmark = pytest.mark.e2e
 
 T0 = 1_764_158_400_000_000  # 2025-11-26T12:00:00Z, µs
 CALLS = {  # Call-ID: (UA A, UA B, A's RTP port, B's RTP port)
