@@ -20,6 +20,7 @@ ETHERTYPE_IPV4 = 0x0800
 ETHERTYPE_IPV6 = 0x86DD
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
+IPPROTO_SCTP = 132
 
 #: RFC 791 header without options: ver/ihl, tos, total length, id, flags/frag, ttl, proto,
 #: checksum, source, destination.
@@ -30,6 +31,14 @@ IPV6_HEADER = struct.Struct("!IHBB16s16s")
 UDP_HEADER = struct.Struct("!HHHH")
 #: RFC 793 header without options: ports, seq, ack, data offset, flags, window, csum, urg.
 TCP_HEADER = struct.Struct("!HHIIBBHHH")
+#: RFC 9260 §3.1: source port, destination port, verification tag, checksum (CRC32c).
+SCTP_COMMON_HEADER = struct.Struct("!HHII")
+#: RFC 9260 §3.3.1 DATA chunk: type 0, flags, length, TSN, stream id, stream seq, PPID.
+SCTP_DATA_HEADER = struct.Struct("!BBHIHHI")
+SCTP_DATA_UNFRAGMENTED = 0x03  # B and E: the whole user message in one chunk
+#: IANA SCTP payload protocol identifiers of the HEP payload types carried over SCTP
+#: (HEP-SPEC §4): M2UA 2 (RFC 3331), M3UA 3 (RFC 4666), M2PA 5 (RFC 4165).
+SCTP_PPIDS = {0x08: 2, 0x09: 3, 0x0D: 5}
 #: Ethernet (dst MAC, src MAC, ethertype) + IP in one pack: one call on the hot path.
 ETH_IPV4_HEADER = struct.Struct("!6s6sHBBHHHBBH4s4s")
 ETH_IPV6_HEADER = struct.Struct("!6s6sHIHBB16s16s")
@@ -132,6 +141,8 @@ class FrameBuilder:
         self._ip_id = 0
         # (src, sport, dst, dport) -> next sequence number to send in that direction
         self._next_seq: dict[tuple[bytes, int, bytes, int], int] = {}
+        # (src, sport, dst, dport) -> next SCTP TSN in that direction
+        self._next_tsn: dict[tuple[bytes, int, bytes, int], int] = {}
 
     def build(self, msg: HepMessage) -> tuple[list[bytes], Reason | None]:
         """Build the frame(s) for one message.
@@ -144,6 +155,10 @@ class FrameBuilder:
         if msg.ip_proto in TCP_PROTOS:
             return self._build_tcp(msg, v), None
         payload = msg.payload
+        if msg.note is not None:  # rendered by render.py: only those can be SCTP user messages
+            ppid = SCTP_PPIDS.get(msg.payload_type) if msg.payload_type is not None else None
+            if ppid is not None:
+                return self._build_sctp(msg, v, ppid)
         warning = None
         limit = MAX_UDP_PAYLOAD[v]
         if len(payload) > limit:
@@ -191,6 +206,35 @@ class FrameBuilder:
             )
         )
 
+    def _build_sctp(self, msg: HepMessage, v: int, ppid: int) -> tuple[list[bytes], Reason | None]:
+        # One DATA chunk per message on stream 0; TSN and stream sequence number count up per
+        # direction (no INIT was captured, so Wireshark checks neither against a handshake).
+        src, dst, sport, dport = msg.src_ip, msg.dst_ip, msg.src_port, msg.dst_port
+        key = (src, sport, dst, dport)
+        tsn = self._next_tsn.pop(key, None)
+        if tsn is None:
+            tsn = _initial_seq(key)
+            if len(self._next_tsn) >= MAX_TCP_DIRECTIONS:
+                for old in list(itertools.islice(self._next_tsn, MAX_TCP_DIRECTIONS // 10)):
+                    del self._next_tsn[old]
+        self._next_tsn[key] = (tsn + 1) & 0xFFFFFFFF
+        payload, warning = msg.payload, None
+        limit = MAX_UDP_PAYLOAD[v] - SCTP_COMMON_HEADER.size - SCTP_DATA_HEADER.size - 3
+        if len(payload) > limit:
+            payload, warning = payload[:limit], Reason.UDP_PAYLOAD_TRUNCATED
+        chunk = SCTP_DATA_HEADER.pack(
+            0, SCTP_DATA_UNFRAGMENTED, SCTP_DATA_HEADER.size + len(payload), tsn, 0,
+            tsn & 0xFFFF, ppid,
+        ) + payload + b"\0" * (-len(payload) % 4)  # fmt: skip
+        tag = _initial_seq((dst, dport, src, sport))  # the receiver's tag, per direction
+        head = SCTP_COMMON_HEADER.pack(sport, dport, tag, 0)
+        # RFC 9260 Appendix A: CRC32c over the packet with a zero checksum, sent LSB first
+        crc = crc32c(head + chunk).to_bytes(4, "little")
+        packet = head[:8] + crc + chunk
+        addr_sum = ones_sum(src + dst)
+        ip = self._ip_and_link(v, IPPROTO_SCTP, src, dst, len(packet), addr_sum)
+        return [ip + packet], warning
+
     def _build_tcp(self, msg: HepMessage, v: int) -> list[bytes]:
         src, dst, sport, dport = msg.src_ip, msg.dst_ip, msg.src_port, msg.dst_port
         key = (src, sport, dst, dport)
@@ -233,6 +277,27 @@ class FrameBuilder:
             seq = (seq + len(chunk)) & 0xFFFFFFFF
         table[key] = seq
         return frames
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for n in range(256):
+        crc = n
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1  # reflected Castagnoli
+        table.append(crc)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    """CRC32c (Castagnoli, RFC 9260 Appendix A), bytewise: SCTP packets are rare here."""
+    crc, table = 0xFFFFFFFF, _CRC32C
+    for byte in data:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
 
 
 def _initial_seq(key: tuple[bytes, int, bytes, int]) -> int:

@@ -2,9 +2,10 @@
 
 Owns: which payload types have a faithful rendering, and the renderings themselves —
 RTCP-JSON reports (type 5) rebuilt as the RTCP compound packet they describe (RFC 3550
-§6.4.1 SR, §6.4.2 RR, §6.5 SDES), and LOG text (type 100) as a syslog datagram (RFC 3164
-``<PRI>`` + text) to UDP port 514, where Wireshark's syslog dissector shows it. Raw RTP
-(type 4) already is the packet. Must never: do I/O, read clocks, guess (a JSON key or value
+§6.4.1 SR, §6.4.2 RR, §6.5 SDES), LOG text (type 100) as a syslog datagram (RFC 3164
+``<PRI>`` + text) to UDP port 514, where Wireshark's syslog dissector shows it, and M2UA,
+M3UA and M2PA (types 8, 9, 13) marked for an SCTP DATA chunk with their PPID (frames.py).
+Raw RTP (type 4) already is the packet. Must never: do I/O, read clocks, guess (a JSON key or value
 outside the mapping is a :class:`RenderError` with a named reason, never a half-right
 packet), or raise anything else on any payload. The JSON is untrusted: its size is bounded
 by HEP (≤ 65535 bytes) and its nesting is checked before it is parsed.
@@ -19,11 +20,12 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import Hep2PcapError, Reason
+from .frames import SCTP_PPIDS
 from .hep import PAYLOAD_TYPE_NAMES, HepMessage, IpProto, PayloadType
 
 #: Payload types written by default: each has a faithful rendering (README "HEP types").
 FAITHFUL_TYPES = frozenset(
-    {PayloadType.SIP, PayloadType.RTP, PayloadType.RTCP_JSON, PayloadType.LOG}
+    {PayloadType.SIP, PayloadType.RTP, PayloadType.RTCP_JSON, PayloadType.LOG, *SCTP_PPIDS}
 )
 
 #: RFC 3164 §4.1.1: facility user (1), severity informational (6) -> PRI 14.
@@ -309,10 +311,21 @@ def _render_log(msg: HepMessage) -> HepMessage:
     )
 
 
+def _render_sctp(msg: HepMessage) -> HepMessage:
+    # The payload is the M2UA/M3UA/M2PA message: frames.py puts it in an SCTP DATA chunk
+    # with its payload protocol identifier (it does so only for messages with a note).
+    name = PAYLOAD_TYPE_NAMES[msg.payload_type or 0]
+    note = f"{name} as SCTP DATA (PPID {SCTP_PPIDS[msg.payload_type or 0]})"
+    if msg.ip_proto != IpProto.SCTP:
+        note += f"; HEP proto {msg.ip_proto}"
+    return dataclasses.replace(msg, note=note)
+
+
 #: Payload type -> how it is rendered (types not listed are written as they are).
 RENDERERS: dict[int, Callable[[HepMessage], HepMessage]] = {
     PayloadType.RTCP_JSON: _render_rtcp,
     PayloadType.LOG: _render_log,
+    **dict.fromkeys(SCTP_PPIDS, _render_sctp),
 }
 
 

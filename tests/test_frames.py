@@ -346,3 +346,42 @@ def test_tcp_table_keeps_an_active_connections_reverse_direction(
         fb.build(message(A6, B6, proto=6, sport=port))  # other connections come and go
         assert tcp_fields(fb.build(a_to_b)[0][0], LINKTYPE_RAW)[1] == b_next
     assert tcp_fields(fb.build(b_to_a)[0][0], LINKTYPE_RAW)[0] == b_next
+
+
+# --- SCTP DATA for M2UA / M3UA / M2PA (issue 15) -------------------------------------------
+
+
+def test_crc32c_known_vector() -> None:
+    # RFC 3720 B.4 / the common check value of CRC-32C
+    assert frames.crc32c(b"123456789") == 0xE3069283
+
+
+@pytest.mark.parametrize(("ptype", "ppid"), [(8, 2), (9, 3), (13, 5)])
+def test_sctp_data_chunk_for_sigtran(ptype: int, ppid: int) -> None:
+    from scapy.layers.sctp import SCTP, SCTPChunkData
+
+    aspup = bytes.fromhex("0100030100000008") + b"x"  # 9 bytes: 3 padding bytes follow
+    msg = HepMessage(3, 132, A4, B4, 2905, 2906, TS_US, aspup, ptype, note="rendered")
+    builder = FrameBuilder(LINKTYPE_RAW)
+    (frame,), warning = builder.build(msg)
+    (again,), _ = builder.build(msg)
+    assert warning is None
+    pkt = IP(frame)
+    assert pkt.proto == 132
+    sctp = pkt[SCTP]
+    assert (sctp.sport, sctp.dport) == (2905, 2906)
+    data = sctp[SCTPChunkData]
+    assert (data.proto_id, bytes(data.data), data.len) == (ppid, aspup, 16 + len(aspup))
+    assert (data.beginning, data.ending) == (1, 1)
+    assert IP(again)[SCTPChunkData].tsn == (data.tsn + 1) & 0xFFFFFFFF
+    # the checksum: CRC32c of the packet with a zero checksum field, least significant byte first
+    raw = bytes(sctp)
+    assert raw[8:12] == frames.crc32c(raw[:8] + b"\0" * 4 + raw[12:]).to_bytes(4, "little")
+    assert len(raw) % 4 == 0
+
+
+def test_sigtran_type_without_render_note_stays_udp() -> None:
+    # --include-type all of an unrendered message, or SIP over SCTP (proto 132): UDP as before
+    msg = HepMessage(3, 132, A4, B4, 2905, 2906, TS_US, b"x", 1)
+    (frame,), _ = FrameBuilder(LINKTYPE_RAW).build(msg)
+    assert IP(frame).proto == 17

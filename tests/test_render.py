@@ -376,3 +376,13 @@ def test_parse_payload_type(text: str, code: int) -> None:
 def test_parse_payload_type_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="payload type"):
         parse_payload_type(text)
+
+
+@pytest.mark.parametrize(
+    ("ptype", "name", "ppid"), [(8, "M2UA", 2), (9, "M3UA", 3), (13, "M2PA", 5)]
+)
+def test_sigtran_marked_for_sctp(ptype: int, name: str, ppid: int) -> None:
+    out = render(msg(b"\x01\x00\x03\x01\x00\x00\x00\x08", ptype, proto=132))
+    assert out.payload == b"\x01\x00\x03\x01\x00\x00\x00\x08"
+    assert out.note == f"{name} as SCTP DATA (PPID {ppid})"
+    assert render(msg(b"x", ptype)).note == f"{name} as SCTP DATA (PPID {ppid}); HEP proto 17"

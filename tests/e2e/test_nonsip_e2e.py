@@ -46,11 +46,12 @@ def _sip(call_id: str, first: str, a: str, b: str, a_port: int, b_port: int) -> 
 
 
 def _hep(src: str, dst: str, sport: int, dport: int, ts: int, payload: bytes, ptype: int,
-         corr: str) -> bytes:  # fmt: skip
+         corr: str, proto: int = 17) -> bytes:  # fmt: skip
     return encode(
         HepMessage(
-            3, 17, ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed,
-            sport, dport, ts, payload, ptype, capture_id=2001, correlation_id=corr.encode(),
+            3, proto, ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed,
+            sport, dport, ts, payload, ptype, capture_id=2001,
+            correlation_id=corr.encode() or None,
         )
     )  # fmt: skip
 
@@ -94,6 +95,10 @@ def _dump() -> tuple[bytes, list[tuple[int, dict[str, Any]]], list[tuple[int, st
             data += _hep(src, dst, sport, dport, ts, json.dumps(doc).encode(), 5, call_id)
             reports.append((ts, doc))
         t += 2_000_000
+    for k, m3ua in enumerate(("0100030100000008", "0100030400000008")):  # ASP Up, ASP Up Ack
+        ends = [("192.0.2.30", 2905), ("192.0.2.31", 2905)]
+        (src, sport), (dst, dport) = ends[k], ends[1 - k]
+        data += _hep(src, dst, sport, dport, t + k * 1000, bytes.fromhex(m3ua), 9, "", 132)
     return data, reports, logs
 
 
@@ -158,7 +163,7 @@ def test_rtcp_and_logs_convert_with_no_flags(
     src.write_bytes(data)
     out = tmp_path / "out.pcapng"
     proc = run_convert([src], out)
-    assert b"read 10, wrote 10, skipped 0, dropped 0" in proc.stderr
+    assert b"read 12, wrote 12, skipped 0, dropped 0" in proc.stderr
 
     rows = tshark_fields(tshark, wireshark_env, out, RTCP_FIELDS, display_filter="rtcp")
     assert len(rows) == len(reports)
@@ -181,9 +186,25 @@ def test_rtcp_and_logs_convert_with_no_flags(
 
     assert expert_problems(tshark, wireshark_env, out) == []
     assert sngrep_dialogs(sngrep, out, tmp_path) == len(CALLS)
+
+    # M3UA (type 9) as an SCTP DATA chunk with PPID 3: Wireshark dissects M3UA, and the
+    # CRC32c checksum verifies
+    rows = tshark_fields(
+        tshark, wireshark_env, out,
+        ["sctp.data_payload_proto_id", "sctp.checksum.status", "m3ua.message_type",
+         "_ws.col.Info"],
+        display_filter="sctp", extra=["-o", "sctp.checksum:CRC-32C"],
+    )  # fmt: skip
+    assert [(r["sctp.data_payload_proto_id"], r["sctp.checksum.status"]) for r in rows] == [
+        ("3", "1"),
+        ("3", "1"),
+    ]
+    assert [r["_ws.col.Info"].strip() for r in rows] == ["ASPUP", "ASPUP_ACK"]
     # --exclude-type narrows it: SIP only again
     only_sip = tmp_path / "sip.pcapng"
-    run_convert([src], only_sip, "--exclude-type", "rtcp", "--exclude-type", "log")
+    run_convert(
+        [src], only_sip, "--exclude-type", "rtcp", "--exclude-type", "log", "--exclude-type", "9"
+    )
     assert (
         tshark_fields(tshark, wireshark_env, only_sip, ["frame.number"], display_filter="!sip")
         == []
