@@ -789,6 +789,7 @@ def info_cmd(
         _options("ethernet", True, None, use_receive_time, verbose, password, 2.0,
                  lenient=lenient),
         warn_limit=0 if not verbose else None,
+        render=False,  # what the dump holds, not how it is written
     )  # fmt: skip
     report, stats = Report(), Stats()
     counters: list[ByteCounter] = []

@@ -98,6 +98,8 @@ class Options:
         mark_truncated: note SIP messages shorter than their Content-Length.
         dedup: drop copies of a packet that another agent already mirrored.
         redact: mask secrets in SIP (redact.py), keeping every length.
+        render: turn non-SIP payloads into what Wireshark shows (render.py); off for
+            ``hep2pcap info``, which reports the dump as it is.
     """
 
     decode: DecodeOptions = DEFAULT_OPTIONS
@@ -113,6 +115,7 @@ class Options:
     mark_truncated: bool = True
     dedup: bool = False
     redact: bool = False
+    render: bool = True
 
 
 def describe(msg: HepMessage, extra: Reason | None = None) -> str:
@@ -232,6 +235,7 @@ def iter_messages(
     dopts = options.decode
     password = options.password
     types = options.payload_types
+    rendering = options.render
     name, unit = source.name, source.unit
     for item in source:
         if type(item) is Record:
@@ -275,7 +279,7 @@ def iter_messages(
                     )
                     continue
                 ts = rec_ts
-            if ptype != SIP and ptype is not None:  # one comparison on the SIP hot path
+            if ptype != SIP and ptype is not None and rendering:  # one test on the SIP path
                 try:
                     msg = render(msg)
                 except RenderError as exc:

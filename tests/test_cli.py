@@ -389,6 +389,24 @@ def test_info_text_and_json(tmp_path: Path) -> None:
     assert data["sip"]["calls"] == 7
 
 
+def test_info_counts_payload_types_as_the_dump_holds_them(tmp_path: Path) -> None:
+    # info reports the dump, not how convert writes it: an RTCP-JSON report outside the
+    # mapping (convert skips it as rtcp_json_unmapped) is still counted as RTCP-JSON
+    import json
+
+    path = tmp_path / "types.hep"
+    path.write_bytes(
+        _msg(INVITE, T0)
+        + _msg(b"SYSLOG: hello", T0 + 1, payload_type=100)
+        + _msg(b'{"ssrc": "1", "type": 201}', T0 + 2, payload_type=5)
+    )
+    code, out, err = _run(["info", "--json", str(path)])
+    assert code == 0, err
+    assert json.loads(out)["payload_types"] == {"SIP": 1, "LOG": 1, "RTCP-JSON": 1}
+    code, _, err = _run(["convert", str(path), "-w", "-"])
+    assert "skipped 1 (rtcp_json_unmapped=1)" in err
+
+
 def test_info_on_a_missing_file_is_one_line(tmp_path: Path) -> None:
     code, _, err = _run(["info", str(tmp_path / "missing.hep")])
     assert code != 0
