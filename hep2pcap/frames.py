@@ -39,6 +39,9 @@ SCTP_DATA_UNFRAGMENTED = 0x03  # B and E: the whole user message in one chunk
 #: IANA SCTP payload protocol identifiers of the HEP payload types carried over SCTP
 #: (HEP-SPEC §4): M2UA 2 (RFC 3331), M3UA 3 (RFC 4666), M2PA 5 (RFC 4165).
 SCTP_PPIDS = {0x08: 2, 0x09: 3, 0x0D: 5}
+#: Not a HEP value: what the summary counts a message built as SCTP under (HEP proto 132
+#: alone is built as UDP, see transport_of).
+BUILT_AS_SCTP = 0x100 | IPPROTO_SCTP
 #: Ethernet (dst MAC, src MAC, ethertype) + IP in one pack: one call on the hot path.
 ETH_IPV4_HEADER = struct.Struct("!6s6sHBBHHHBBH4s4s")
 ETH_IPV6_HEADER = struct.Struct("!6s6sHIHBB16s16s")
@@ -91,7 +94,9 @@ def proto_name(ip_proto: int) -> str:
 
 
 def transport_label(ip_proto: int) -> str:
-    """What the summary calls a message's transport: UDP, TCP, TLS(as TCP), …"""
+    """What the summary calls a message's transport: UDP, TCP, TLS(as TCP), SCTP, …"""
+    if ip_proto == BUILT_AS_SCTP:
+        return "SCTP"
     name = proto_name(ip_proto)
     built = "TCP" if transport_of(ip_proto) == IPPROTO_TCP else "UDP"
     return name if name in ("UDP", "TCP") else f"{name}(as {built})"

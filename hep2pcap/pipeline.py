@@ -21,7 +21,7 @@ from heapq import heappop, heappush
 from typing import NamedTuple, Protocol
 
 from .errors import SKIP_REASONS, DecodeError, Reason, StrictError
-from .frames import FrameBuilder, proto_label
+from .frames import BUILT_AS_SCTP, SCTP_PPIDS, FrameBuilder, proto_label
 from .hep import (
     DEFAULT_OPTIONS,
     PAYLOAD_TYPE_NAMES,
@@ -386,7 +386,10 @@ class Converter:
             write(agent, node, ts, frame, comment)
         stats.written += 1
         stats.frames += len(frames)
-        key = (agent, msg.ip_proto, msg.src_ip, msg.src_port, msg.dst_ip, msg.dst_port)
+        proto = msg.ip_proto
+        if msg.note is not None and msg.payload_type in SCTP_PPIDS:
+            proto = BUILT_AS_SCTP
+        key = (agent, proto, msg.src_ip, msg.src_port, msg.dst_ip, msg.dst_port)
         flows = stats.flows
         n = flows.get(key)
         if n is not None:

@@ -202,6 +202,15 @@ def test_faithful_types_written_by_default() -> None:
     assert "type 5 (RTCP-JSON); RTCP rebuilt from the HEP JSON report" in comments[2]
 
 
+def test_sigtran_as_sctp_counted_as_sctp() -> None:
+    aspup = bytes.fromhex("0100030100000008")
+    m3ua = msg_at(0, payload_type=u8(9), ip_proto=u8(132), payload=aspup)
+    sip_over_sctp = msg_at(1, ip_proto=u8(132))
+    stats, w = run(*records(m3ua, sip_over_sctp))
+    assert [IP(p.frame).proto for p in w.packets] == [132, 17]
+    assert stats.transports == {"SCTP": 1, "SCTP(as UDP)": 1}
+
+
 def test_rtcp_json_reasons_counted() -> None:
     bad = msg_at(0, payload_type=u8(5), payload=b"not json")
     unknown = msg_at(1, payload_type=u8(5), payload=b'{"ssrc":1,"type":201,"mos":4}')
