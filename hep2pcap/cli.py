@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, TypeVar, cast
 
 import click
 
-from . import __version__
+from . import __version__, engine
 from .errors import Hep2PcapError
 from .filters import Criteria, Selector, compile_match, parse_host, parse_time
 from .hep import DecodeOptions, HepMessage
@@ -40,7 +40,9 @@ LINKTYPES = {"ethernet": LINKTYPE_ETHERNET, "raw": LINKTYPE_RAW}
 
 
 @click.group(context_settings=CONTEXT)
-@click.version_option(__version__, "-V", "--version")
+@click.version_option(
+    __version__, "-V", "--version", message=f"%(prog)s %(version)s; {engine.describe()}"
+)
 def cli() -> None:
     """Turn HEP (Homer Encapsulation Protocol) into pcapng for Wireshark and sngrep."""
 

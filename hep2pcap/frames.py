@@ -12,25 +12,36 @@ import itertools
 import struct
 import zlib
 
+from .engine.reference import (
+    ETH_IPV4_HEADER,
+    ETH_IPV6_HEADER,
+    ETHERTYPE_IPV4,
+    ETHERTYPE_IPV6,
+    IPPROTO_SCTP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    IPV4_DONT_FRAGMENT,
+    IPV4_HEADER,
+    IPV6_HEADER,
+    SCTP_PACKET,
+    TCP_DATA_OFFSET,
+    TCP_FLAGS_PSH_ACK,
+    TCP_HEADER,
+    TCP_WINDOW,
+    TTL,
+    UDP_HEADER,
+    build_frame,
+    checksum,
+    ones_sum,
+)
 from .errors import Reason
 from .hep import HepMessage, IpProto
 from .pcapng import LINKTYPE_ETHERNET, LINKTYPE_RAW
 
-ETHERTYPE_IPV4 = 0x0800
-ETHERTYPE_IPV6 = 0x86DD
-IPPROTO_TCP = 6
-IPPROTO_UDP = 17
-IPPROTO_SCTP = 132
+#: One frame's values beyond the message's addresses and ports: (ip_id, seq, ack, payload);
+#: seq is -1 for UDP, SCTP_PACKET for a whole SCTP packet (payload), else the TCP sequence.
+Segment = tuple[int, int, int, bytes]
 
-#: RFC 791 header without options: ver/ihl, tos, total length, id, flags/frag, ttl, proto,
-#: checksum, source, destination.
-IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
-#: RFC 8200: ver/class/flow, payload length, next header, hop limit, source, destination.
-IPV6_HEADER = struct.Struct("!IHBB16s16s")
-#: RFC 768.
-UDP_HEADER = struct.Struct("!HHHH")
-#: RFC 793 header without options: ports, seq, ack, data offset, flags, window, csum, urg.
-TCP_HEADER = struct.Struct("!HHIIBBHHH")
 #: RFC 9260 §3.1: source port, destination port, verification tag, checksum (CRC32c).
 SCTP_COMMON_HEADER = struct.Struct("!HHII")
 #: RFC 9260 §3.3.1 DATA chunk: type 0, flags, length, TSN, stream id, stream seq, PPID.
@@ -42,15 +53,44 @@ SCTP_PPIDS = {0x08: 2, 0x09: 3, 0x0D: 5}
 #: Not a HEP value: what the summary counts a message built as SCTP under (HEP proto 132
 #: alone is built as UDP, see transport_of).
 BUILT_AS_SCTP = 0x100 | IPPROTO_SCTP
-#: Ethernet (dst MAC, src MAC, ethertype) + IP in one pack: one call on the hot path.
-ETH_IPV4_HEADER = struct.Struct("!6s6sHBBHHHBBH4s4s")
-ETH_IPV6_HEADER = struct.Struct("!6s6sHIHBB16s16s")
 
-TTL = 64
-IPV4_DONT_FRAGMENT = 0x4000
-TCP_FLAGS_PSH_ACK = 0x18
-TCP_WINDOW = 65535
-TCP_DATA_OFFSET = TCP_HEADER.size // 4 << 4
+# The frame's bytes are the engine's (engine/reference.py); its layouts are re-exported.
+__all__ = [
+    "BUILT_AS_SCTP",
+    "ETHERTYPE_IPV4",
+    "ETHERTYPE_IPV6",
+    "ETH_IPV4_HEADER",
+    "ETH_IPV6_HEADER",
+    "IPPROTO_SCTP",
+    "IPPROTO_TCP",
+    "IPPROTO_UDP",
+    "IPV4_DONT_FRAGMENT",
+    "IPV4_HEADER",
+    "IPV6_HEADER",
+    "MAX_TCP_SEGMENT",
+    "MAX_UDP_PAYLOAD",
+    "SCTP_COMMON_HEADER",
+    "SCTP_DATA_HEADER",
+    "SCTP_DATA_UNFRAGMENTED",
+    "SCTP_PPIDS",
+    "TCP_DATA_OFFSET",
+    "TCP_FLAGS_PSH_ACK",
+    "TCP_HEADER",
+    "TCP_PROTOS",
+    "TCP_WINDOW",
+    "TTL",
+    "UDP_HEADER",
+    "FrameBuilder",
+    "Segment",
+    "build_frame",
+    "checksum",
+    "crc32c",
+    "ones_sum",
+    "proto_label",
+    "proto_name",
+    "transport_label",
+    "transport_of",
+]
 
 MAX_IP_PACKET = 65535  # IPv4 total length / IPv6 payload length are 16-bit fields
 #: The largest UDP payload one IP packet can carry (IPv4: 65535-20-8, IPv6: 65535-8).
@@ -107,31 +147,6 @@ def transport_of(ip_proto: int) -> int:
     return IPPROTO_TCP if ip_proto in TCP_PROTOS else IPPROTO_UDP
 
 
-def ones_sum(data: bytes) -> int:
-    """RFC 1071 sum of 16-bit big-endian words, reduced modulo 0xFFFF.
-
-    Because 2**16 ≡ 1 (mod 0xFFFF), the big integer of the bytes has the same residue as the
-    sum of its words, and ``int.from_bytes`` does that in C. Residues of even-length parts
-    can be added. 0 stands for both 0x0000 and 0xFFFF, which is fine for checksums of data
-    that is never all zeros (every pseudo header here has a non-zero protocol).
-    """
-    if len(data) & 1:
-        data += b"\0"
-    return int.from_bytes(data, "big") % 0xFFFF
-
-
-def checksum(residue: int) -> int:
-    """Turn a ones-complement residue (sum of :func:`ones_sum` values) into a checksum field."""
-    residue %= 0xFFFF
-    return 0xFFFF - residue if residue else 0
-
-
-def _mac(ip: bytes) -> bytes:
-    # Locally administered unicast MAC that shows the address it stands for:
-    # 02:00:c0:a8:01:01 for 192.168.1.1, 02 + the last five bytes for IPv6.
-    return b"\x02\x00" + ip if len(ip) == 4 else b"\x02" + ip[-5:]
-
-
 class FrameBuilder:
     """Stateful builder: one per output, called in write order.
 
@@ -156,64 +171,43 @@ class FrameBuilder:
             The frames (more than one only for a TCP payload larger than one IP packet)
             and UDP_PAYLOAD_TRUNCATED if a UDP payload had to be cut to fit one datagram.
         """
-        v = 4 if len(msg.src_ip) == 4 else 6
-        if msg.ip_proto in TCP_PROTOS:
-            return self._build_tcp(msg, v), None
+        segments, warning = self.plan(msg)
+        src, dst, sport, dport = msg.src_ip, msg.dst_ip, msg.src_port, msg.dst_port
+        lt = self.linktype
+        return [build_frame(lt, src, dst, sport, dport, *s) for s in segments], warning
+
+    def plan(self, msg: HepMessage) -> tuple[list[Segment], Reason | None]:
+        """The values of one message's frame(s), in write order: what the engine builds.
+
+        Advances this builder's state (IPv4 id, TCP sequence numbers) as if the frames were
+        written now. Each segment is ``(ip_id, seq, ack, payload)``: ``seq`` is -1 for UDP,
+        ``ip_id`` 0 for IPv6; a TCP payload larger than one IP packet gives several, an empty
+        one none. A UDP payload too large for one datagram is cut (UDP_PAYLOAD_TRUNCATED).
+        """
+        v4 = len(msg.src_ip) == 4
         payload = msg.payload
+        if msg.ip_proto in TCP_PROTOS:
+            return self._plan_tcp(msg, v4), None
         if msg.note is not None:  # rendered by render.py: only those can be SCTP user messages
             ppid = SCTP_PPIDS.get(msg.payload_type) if msg.payload_type is not None else None
             if ppid is not None:
-                return self._build_sctp(msg, v, ppid)
+                return self._plan_sctp(msg, v4, ppid)
         warning = None
-        limit = MAX_UDP_PAYLOAD[v]
+        limit = MAX_UDP_PAYLOAD[4 if v4 else 6]
         if len(payload) > limit:
             payload = payload[:limit]
             warning = Reason.UDP_PAYLOAD_TRUNCATED
-        return [self._build_udp(msg, v, payload)], warning
-
-    def _ip_and_link(
-        self, v: int, proto: int, src: bytes, dst: bytes, l4len: int, addr_sum: int
-    ) -> bytes:
-        # addr_sum is ones_sum(src + dst), shared with the pseudo-header checksum.
-        eth = self.linktype == LINKTYPE_ETHERNET
-        if v == 4:
+        if v4:
             self._ip_id = ip_id = (self._ip_id + 1) & 0xFFFF
-            total = IPV4_HEADER.size + l4len
-            csum = checksum(
-                0x4500 + total + ip_id + IPV4_DONT_FRAGMENT + (TTL << 8 | proto) + addr_sum
-            )
-            if eth:
-                return ETH_IPV4_HEADER.pack(
-                    _mac(dst), _mac(src), ETHERTYPE_IPV4,
-                    0x45, 0, total, ip_id, IPV4_DONT_FRAGMENT, TTL, proto, csum, src, dst,
-                )  # fmt: skip
-            return IPV4_HEADER.pack(
-                0x45, 0, total, ip_id, IPV4_DONT_FRAGMENT, TTL, proto, csum, src, dst
-            )
-        if eth:
-            return ETH_IPV6_HEADER.pack(
-                _mac(dst), _mac(src), ETHERTYPE_IPV6, 0x60000000, l4len, proto, TTL, src, dst
-            )
-        return IPV6_HEADER.pack(0x60000000, l4len, proto, TTL, src, dst)
+            return [(ip_id, -1, 0, payload)], warning
+        return [(0, -1, 0, payload)], warning
 
-    def _build_udp(self, msg: HepMessage, v: int, payload: bytes) -> bytes:
-        src, dst, sport, dport = msg.src_ip, msg.dst_ip, msg.src_port, msg.dst_port
-        l4len = UDP_HEADER.size + len(payload)
-        addr_sum = ones_sum(src + dst)
-        # RFC 768 pseudo header (RFC 8200 §8.1 for IPv6: same sum, l4len < 65536) + header.
-        residue = addr_sum + IPPROTO_UDP + l4len + sport + dport + l4len + ones_sum(payload)
-        csum = checksum(residue) or 0xFFFF  # RFC 768: a computed 0 is sent as all ones
-        return b"".join(
-            (
-                self._ip_and_link(v, IPPROTO_UDP, src, dst, l4len, addr_sum),
-                UDP_HEADER.pack(sport, dport, l4len, csum),
-                payload,
-            )
-        )
-
-    def _build_sctp(self, msg: HepMessage, v: int, ppid: int) -> tuple[list[bytes], Reason | None]:
+    def _plan_sctp(
+        self, msg: HepMessage, v4: bool, ppid: int
+    ) -> tuple[list[Segment], Reason | None]:
         # One DATA chunk per message on stream 0; TSN and stream sequence number count up per
         # direction (no INIT was captured, so Wireshark checks neither against a handshake).
+        # The whole SCTP packet is built here; the engine puts it in an IP packet.
         src, dst, sport, dport = msg.src_ip, msg.dst_ip, msg.src_port, msg.dst_port
         key = (src, sport, dst, dport)
         tsn = self._next_tsn.pop(key, None)
@@ -224,7 +218,8 @@ class FrameBuilder:
                     del self._next_tsn[old]
         self._next_tsn[key] = (tsn + 1) & 0xFFFFFFFF
         payload, warning = msg.payload, None
-        limit = MAX_UDP_PAYLOAD[v] - SCTP_COMMON_HEADER.size - SCTP_DATA_HEADER.size - 3
+        headers = SCTP_COMMON_HEADER.size + SCTP_DATA_HEADER.size
+        limit = MAX_UDP_PAYLOAD[4 if v4 else 6] - headers - 3
         if len(payload) > limit:
             payload, warning = payload[:limit], Reason.UDP_PAYLOAD_TRUNCATED
         chunk = SCTP_DATA_HEADER.pack(
@@ -235,12 +230,12 @@ class FrameBuilder:
         head = SCTP_COMMON_HEADER.pack(sport, dport, tag, 0)
         # RFC 9260 Appendix A: CRC32c over the packet with a zero checksum, sent LSB first
         crc = crc32c(head + chunk).to_bytes(4, "little")
-        packet = head[:8] + crc + chunk
-        addr_sum = ones_sum(src + dst)
-        ip = self._ip_and_link(v, IPPROTO_SCTP, src, dst, len(packet), addr_sum)
-        return [ip + packet], warning
+        ip_id = 0
+        if v4:
+            self._ip_id = ip_id = (self._ip_id + 1) & 0xFFFF
+        return [(ip_id, SCTP_PACKET, 0, head[:8] + crc + chunk)], warning
 
-    def _build_tcp(self, msg: HepMessage, v: int) -> list[bytes]:
+    def _plan_tcp(self, msg: HepMessage, v4: bool) -> list[Segment]:
         src, dst, sport, dport = msg.src_ip, msg.dst_ip, msg.src_port, msg.dst_port
         key = (src, sport, dst, dport)
         rkey = (dst, dport, src, sport)
@@ -260,28 +255,17 @@ class FrameBuilder:
             ack = _initial_seq(rkey)
         table[rkey] = ack
         payload = msg.payload
-        step = MAX_TCP_SEGMENT[v]
-        addr_sum = ones_sum(src + dst)
-        fixed = (
-            addr_sum + IPPROTO_TCP + sport + dport + (ack >> 16) + (ack & 0xFFFF)
-            + (TCP_DATA_OFFSET << 8 | TCP_FLAGS_PSH_ACK) + TCP_WINDOW
-        )  # fmt: skip
-        frames = []
+        step = MAX_TCP_SEGMENT[4 if v4 else 6]
+        segments = []
         for start in range(0, len(payload), step):
             chunk = payload[start : start + step]
-            l4len = TCP_HEADER.size + len(chunk)
-            # pseudo header (l4len counted once) + TCP header + data
-            residue = fixed + l4len + (seq >> 16) + (seq & 0xFFFF) + ones_sum(chunk)
-            tcp = TCP_HEADER.pack(
-                sport, dport, seq, ack, TCP_DATA_OFFSET, TCP_FLAGS_PSH_ACK, TCP_WINDOW,
-                checksum(residue), 0,
-            )  # fmt: skip
-            frames.append(
-                b"".join((self._ip_and_link(v, IPPROTO_TCP, src, dst, l4len, addr_sum), tcp, chunk))
-            )
+            ip_id = 0
+            if v4:
+                self._ip_id = ip_id = (self._ip_id + 1) & 0xFFFF
+            segments.append((ip_id, seq, ack, chunk))
             seq = (seq + len(chunk)) & 0xFFFFFFFF
         table[key] = seq
-        return frames
+        return segments
 
 
 def _crc32c_table() -> list[int]:

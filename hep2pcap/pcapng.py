@@ -12,7 +12,11 @@ pcapng whose interfaces differ in either.
 from __future__ import annotations
 
 import struct
-from typing import BinaryIO, Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+if TYPE_CHECKING:  # the engine imports this module: at run time it is imported late
+    from .engine import Engine, Packet
 
 BLOCK_TYPE_SHB = 0x0A0D0D0A
 #: The SHB block type as bytes: the first four bytes of every pcapng file, in either byte order.
@@ -128,6 +132,12 @@ class PacketWriter(Protocol):
     def close(self) -> None: ...
 
 
+class BatchWriter(PacketWriter, Protocol):
+    """A writer that also takes a batch of the frame engine's packets in one call."""
+
+    def write_frames(self, packets: Sequence[Packet]) -> None: ...
+
+
 def interface_name(agent: int | None) -> str:
     """How an interface is named for a capture agent id."""
     return "hep-no-agent-id" if agent is None else f"hep-agent-{agent}"
@@ -159,13 +169,22 @@ class PcapngWriter:
         linktype: link type shared by every interface.
         comments: write per-packet comments.
         snaplen: snap length shared by every interface.
+        engine: builds frames and blocks (default: the native one when built).
     """
 
     def __init__(
-        self, out: BinaryIO, linktype: int, *, comments: bool = True, snaplen: int = SNAPLEN
+        self,
+        out: BinaryIO,
+        linktype: int,
+        *,
+        comments: bool = True,
+        snaplen: int = SNAPLEN,
+        engine: Engine | None = None,
     ) -> None:
         from . import __version__
+        from .engine import DEFAULT
 
+        self._engine = engine if engine is not None else DEFAULT
         self._out = out
         self._linktype = linktype
         self._snaplen = snaplen
@@ -191,6 +210,24 @@ class PcapngWriter:
         if iface is None:
             iface = self._add_interface(agent, node)
         self._write(encode_epb(iface, ts_us, frame, comment if self._comments else None))
+
+    def write_frames(self, packets: Sequence[Packet]) -> None:
+        """Build and write a batch of packets (frames and EPBs in one engine call, split
+        only where an agent needs its interface description first)."""
+        interfaces = self._interfaces
+        encode = self._engine.encode_epbs
+        start, end = 0, len(packets)
+        while start < end:
+            shared = (
+                interfaces.get(SHARED, -1)
+                if self._one_interface or len(interfaces) >= MAX_INTERFACES
+                else -1
+            )
+            data, start = encode(self._linktype, self._comments, interfaces, shared, packets, start)
+            if data:
+                self._write(data)
+            if start < end:
+                self._add_interface(packets[start][0], packets[start][1])
 
     def _add_interface(self, agent: int | None, node: str | None) -> int:
         shared = self._one_interface or len(self._interfaces) >= MAX_INTERFACES
@@ -229,9 +266,16 @@ class PcapWriter:
         out: binary file object.
         linktype: the file's link type.
         snaplen: the file's snap length.
+        engine: builds frames and records (default: the native one when built).
     """
 
-    def __init__(self, out: BinaryIO, linktype: int, *, snaplen: int = SNAPLEN) -> None:
+    def __init__(
+        self, out: BinaryIO, linktype: int, *, snaplen: int = SNAPLEN, engine: Engine | None = None
+    ) -> None:
+        from .engine import DEFAULT
+
+        self._engine = engine if engine is not None else DEFAULT
+        self._linktype = linktype
         self._out = out
         self.bytes_written = 0
         self._write(PCAP_FILE_HEADER.pack(PCAP_MAGIC_US, 2, 4, 0, 0, snaplen, linktype))
@@ -247,6 +291,10 @@ class PcapWriter:
         sec, usec = divmod(ts_us, 1_000_000)
         size = len(frame)
         self._write(PCAP_RECORD_HEADER.pack(sec, usec, size, size) + frame)
+
+    def write_frames(self, packets: Sequence[Packet]) -> None:
+        """Build and write a batch of packets as records."""
+        self._write(self._engine.encode_records(self._linktype, packets))
 
     def flush(self) -> None:
         """Flush the underlying file object."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from heapq import heappop, heappush
 from typing import NamedTuple, Protocol
 
+from .engine import DEFAULT, Engine, Packet
 from .errors import SKIP_REASONS, DecodeError, Reason, StrictError
 from .frames import BUILT_AS_SCTP, SCTP_PPIDS, FrameBuilder, proto_label
 from .hep import (
@@ -314,6 +315,10 @@ class Converter:
         stats: counters to update.
         route: when set, picks the writer of each message (split); ``writer`` is then
             only flushed.
+        engine: the frame engine (default: the native one when built).
+
+    Frames are handed to the writer in batches of up to BATCH packets: call :meth:`flush`
+    (or :meth:`finish`) to have everything released from the window written.
     """
 
     def __init__(
@@ -322,12 +327,19 @@ class Converter:
         options: Options,
         stats: Stats,
         route: Callable[[HepMessage], PacketWriter] | None = None,
+        engine: Engine | None = None,
     ) -> None:
         self.writer = writer
         self.route = route
         self.options = options
         self.stats = stats
         self.builder = FrameBuilder(options.linktype)
+        self.engine = engine if engine is not None else DEFAULT
+        # Frames go out in batches: the engine builds a batch of packets per call. A
+        # writer that takes single frames only (write_packet) gets each message at once.
+        self._pending: list[Packet] = []
+        self._target: PacketWriter = writer
+        self._batching = hasattr(writer, "write_frames")
         # The window holds messages in two parts: a run of messages that arrived in time
         # order (the usual case: a deque, O(1) per message) and a heap of the others.
         self._run: deque[Item] = deque()
@@ -354,6 +366,12 @@ class Converter:
     def finish(self) -> None:
         """Write everything still held, in time order."""
         self._drain(None, 0)
+        self._emit()
+
+    def flush(self) -> None:
+        """Hand the pending batch to the writer and flush the writer."""
+        self._emit()
+        self.writer.flush()
 
     def _drain(self, horizon: int | None, keep_at_most: int) -> None:
         # Write, oldest first, every message at or before the horizon (None: all), and
@@ -375,21 +393,28 @@ class Converter:
             stats.late += 1
         else:
             self._last_written = ts
-        frames, warning = self.builder.build(msg)
+        segments, warning = self.builder.plan(msg)
         if warning is not None:
             stats.warnings[warning] += 1
         comment = describe(msg, warning) if self.options.comments else None
-        route = self.route
         agent, node = msg.capture_id, msg.node_name
-        write = (self.writer if route is None else route(msg)).write_packet
-        for frame in frames:
-            write(agent, node, ts, frame, comment)
+        src, dst, sport, dport = msg.src_ip, msg.dst_ip, msg.src_port, msg.dst_port
+        if self.route is not None:
+            self._emit()  # route() may write out a finished call's file: ours first
+            self._target = self.route(msg)
+        pending = self._pending
+        for ip_id, seq, ack, payload in segments:
+            pending.append(
+                (agent, node, ts, src, dst, sport, dport, ip_id, seq, ack, payload, comment)
+            )
+        if len(pending) >= BATCH or self.route is not None or not self._batching:
+            self._emit()
         stats.written += 1
-        stats.frames += len(frames)
+        stats.frames += len(segments)
         proto = msg.ip_proto
         if msg.note is not None and msg.payload_type in SCTP_PPIDS:
             proto = BUILT_AS_SCTP
-        key = (agent, proto, msg.src_ip, msg.src_port, msg.dst_ip, msg.dst_port)
+        key = (agent, proto, src, sport, dst, dport)
         flows = stats.flows
         n = flows.get(key)
         if n is not None:
@@ -397,6 +422,24 @@ class Converter:
         else:
             stats.count_new_flow(key)
 
+    def _emit(self) -> None:
+        # Hand the pending packets to their writer (taken first: a failed write is not retried).
+        packets = self._pending
+        if not packets:
+            return
+        self._pending = []
+        target = self._target
+        write_frames = getattr(target, "write_frames", None)  # a pcapng.BatchWriter
+        if write_frames is not None:
+            write_frames(packets)
+            return
+        frames = self.engine.frames(self.options.linktype, packets)
+        for p, frame in zip(packets, frames, strict=True):
+            target.write_packet(p[0], p[1], p[2], frame, p[11])
+
+
+#: Packets per engine call (and per write to the output).
+BATCH = 512
 
 #: ``on_progress`` is called once per this many items.
 PROGRESS_EVERY = 1 << 16
@@ -504,7 +547,7 @@ def convert(
                 on_progress(stats)
             if isinstance(item, Tick):
                 conv.drain_until(item.now_us)
-                writer.flush()
+                conv.flush()
             else:
                 conv.push(item)
     except BaseException:

@@ -16,10 +16,11 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO, cast
 
+from .engine import Packet
 from .errors import Hep2PcapError
 from .pcapng import PcapngWriter
 
@@ -176,6 +177,19 @@ class RotatingWriter:
         self, agent: int | None, node: str | None, ts_us: int, frame: bytes, comment: str | None
     ) -> None:
         """Write one frame, rotating first when a limit is reached."""
+        self._current().write_packet(agent, node, ts_us, frame, comment)
+
+    def write_frames(self, packets: Sequence[Packet]) -> None:
+        """Write a batch of packets; with a size or time limit, one at a time, rotating
+        first when a limit is reached (as for write_packet)."""
+        if self.max_bytes is None and self.interval_s is None:
+            self._current().write_frames(packets)
+            return
+        for i in range(len(packets)):
+            self._current().write_frames(packets[i : i + 1])
+
+    def _current(self) -> PcapngWriter:
+        # The file to write to now: a new one first when a limit is reached.
         writer = self._writer
         assert writer is not None
         if (
@@ -186,7 +200,7 @@ class RotatingWriter:
             self._rotate()
             writer = self._writer
             assert writer is not None
-        writer.write_packet(agent, node, ts_us, frame, comment)
+        return writer
 
     def flush(self) -> None:
         """Write buffered blocks to the OS (and honour a pending reopen)."""

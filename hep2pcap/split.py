@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from .dialogs import Dialogs, Keys, keys_of
+from .engine import Packet
 from .errors import Hep2PcapError
 from .hep import HepMessage
 from .pcapng import PcapngWriter
@@ -244,6 +245,10 @@ class SplitWriter:
     def write_packet(
         self, agent: int | None, node: str | None, ts_us: int, frame: bytes, comment: str | None
     ) -> None:
+        """Not used: every message goes through writer_for()."""
+        raise NotImplementedError
+
+    def write_frames(self, packets: Sequence[Packet]) -> None:
         """Not used: every message goes through writer_for()."""
         raise NotImplementedError
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hep2pcap import hep
+from hep2pcap import __version__, engine, hep
 from hep2pcap.cli import cli
 
 A = ipaddress.ip_address("192.0.2.1").packed
@@ -64,6 +64,14 @@ def _epb_count(data: bytes) -> int:
         pos += blen
     assert pos == len(data), "blocks must tile the file exactly"
     return count
+
+
+def test_version_names_the_frame_engine() -> None:
+    result = CliRunner().invoke(cli, ["--version"], catch_exceptions=False)
+    assert result.exit_code == 0
+    assert f" {__version__}; frame engine: " in result.stdout
+    name = "native (C)" if engine.DEFAULT is engine.NATIVE else "pure Python"
+    assert name in result.stdout
 
 
 def test_convert_writes_file_and_summary_on_stderr(dump: Path, tmp_path: Path) -> None:
