@@ -48,6 +48,8 @@ class Measured:
     maxrss_kib: int
     stderr: str
     timed_out: bool = False
+    tree_rss_kib: int = 0
+    tree_pss_kib: int = 0
 
     @property
     def maxrss_mib(self) -> float:
@@ -56,6 +58,26 @@ class Measured:
 
 
 TIME = "/usr/bin/time"
+
+
+#: How often a measured command's processes are sampled for their memory together.
+SAMPLE_S = 0.1
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux: /proc/PID/task/*/children)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                kids = [int(k) for k in task.read_text().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
 
 
 class Child:
@@ -93,6 +115,12 @@ class Child:
         self.wall_s = 0.0
         self.user_s = self.sys_s = 0.0
         self.maxrss_kib = 0
+        #: All processes of the command together (GNU time's own left out), sampled every
+        #: SAMPLE_S from /proc: the peak of the summed RSS (pages shared after a fork counted
+        #: once per process) and of the summed PSS (shared pages split between the sharers).
+        self.tree_rss_kib = self.tree_pss_kib = 0
+        self._wrapped = wrapped is not cmd
+        self._next_sample = 0.0
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the child's whole session."""
@@ -102,10 +130,32 @@ class Child:
     def poll(self) -> int | None:
         """Reap the child if it has ended; its exit code, or None while it runs."""
         if self.rc is None:
+            now = time.monotonic()
+            if now >= self._next_sample:
+                self._next_sample = now + SAMPLE_S
+                self._sample()
             pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
             if pid:
                 self._reaped(status, usage)
         return self.rc
+
+    def _sample(self) -> None:
+        pids = _descendants(self.proc.pid) if self._wrapped else [self.proc.pid]
+        if not self._wrapped:
+            pids += _descendants(self.proc.pid)
+        rss = pss = 0
+        for pid in pids:
+            try:
+                text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+        self.tree_rss_kib = max(self.tree_rss_kib, rss)
+        self.tree_pss_kib = max(self.tree_pss_kib, pss)
 
     def wait(self, timeout_s: float) -> int | None:
         """Wait up to ``timeout_s``; the exit code, or None if it still runs."""
@@ -157,6 +207,8 @@ def measure(cmd: list[str], timeout_s: float, stdout: Path | None = None) -> Mea
         user_s=child.user_s,
         sys_s=child.sys_s,
         maxrss_kib=child.maxrss_kib,
+        tree_rss_kib=child.tree_rss_kib,
+        tree_pss_kib=child.tree_pss_kib,
         stderr=text,
         timed_out=timed_out,
     )

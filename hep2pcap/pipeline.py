@@ -377,6 +377,14 @@ class Converter:
         # Write, oldest first, every message at or before the horizon (None: all), and
         # more while more than keep_at_most are held.
         run, heap, write = self._run, self._heap, self._write
+        if not heap:  # the usual case: everything held arrived in time order
+            held = len(run)
+            while held:
+                if horizon is not None and run[0][0] > horizon and held <= keep_at_most:
+                    return
+                write(run.popleft())
+                held -= 1
+            return
         held = len(run) + len(heap)
         while held:
             from_heap = bool(heap) and (not run or heap[0] < run[0])
