@@ -151,6 +151,7 @@ def run_hep2pcap(
         )
     if len(digests) > 1:
         failures.append(f"outputs differ between runs ({len(digests)} distinct)")
+    row["digest"] = min(digests) if digests else None
     if runs:
         row.update(_summarise(runs, n))
     row["output_bytes"] = out.stat().st_size if out.exists() else None
@@ -215,10 +216,11 @@ def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def print_offline(rows: list[dict[str, Any]], runs: int) -> None:
+def print_offline(rows: list[dict[str, Any]], runs: int) -> bool:
     """The offline table; the ratios are hep2pcap / sngrep (wall time, CPU time) for the same
     N. RSS is GNU time's (the larger process); "PSS all" is every process of the run
-    together (sampled, shared pages split between the processes that share them)."""
+    together (sampled, shared pages split between the processes that share them).
+    Returns False when the two frame engines wrote different files (a gate failure)."""
     print(f"\nOffline conversion (median of {runs} run(s), {os.cpu_count()} CPUs)")
     hdr = (
         f"{'messages':>9} {'tool':11} {'input':5} {'wall s':>8} {'msg/s':>9} {'RSS MiB':>8} "
@@ -249,6 +251,19 @@ def print_offline(rows: list[dict[str, Any]], runs: int) -> None:
             f"{_fmt(ratio, '7.3f') + 'x' if ratio else '-':>8} "
             f"{_fmt(cpu_ratio, '5.2f') + 'x' if cpu_ratio else '-':>6}"
         )
+    agree = True
+    digests: dict[tuple[str, int], set[str]] = {}
+    for r in rows:
+        if r.get("digest"):
+            digests.setdefault((r["input"], r["messages"]), set()).add(r["digest"])
+    for (label, n), found in sorted(digests.items()):
+        engines = sorted({r["tool"] for r in rows if r.get("digest") and r["input"] == label})
+        if len(engines) > 1:
+            same = "identical" if len(found) == 1 else "DIFFERENT"
+            print(f"  outputs of {', '.join(engines)} on {label} {n}: {same} (blake2b)")
+            if len(found) > 1:
+                print(f"  GATE FAIL {label} {n}: the frame engines wrote different files")
+                agree = False
     loads = [x for r in rows for x in r.get("load_1m_before", [])]
     if loads:
         print(
@@ -270,9 +285,10 @@ def print_offline(rows: list[dict[str, Any]], runs: int) -> None:
         if t:
             scope = "all frames" if t["checked_frames"] is None else f"first {t['checked_frames']}"
             print(
-                f"  tshark gate hep2pcap {r['input']} {r['messages']}: {scope}, "
+                f"  tshark gate {r['tool']} {r['input']} {r['messages']}: {scope}, "
                 f"{t['bad']} bad, {t['seconds']:.1f} s"
             )
+    return agree
 
 
 def targets(rows: list[dict[str, Any]], live: list[dict[str, Any]] | None) -> list[str]:
@@ -453,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["sngrep_default_limit"] = run_sngrep_default_limit(
                     gen.paths(n, args.seed)[1], n, args, work
                 )
-            print_offline(result["offline"], args.runs)
+            failed |= not print_offline(result["offline"], args.runs)
             d = result.get("sngrep_default_limit")
             if d:
                 print(
