@@ -26,11 +26,13 @@ install-dev: $(PY)
 
 # tshark and sngrep are what the end-to-end tests check our output with (openssl makes the
 # TLS listener's test certificate); kamailio (siptrace, tls), sipp (sip-tester) and rtpengine
-# are the real HEP senders the e2e tests run; gcc builds the optional native engine.
+# are the real HEP senders the e2e tests run; gcc (with python3-dev's headers for a Debian
+# Python) builds the optional native frame engine
+# (hep2pcap/engine/_native.c), so test and bench install the tools before the package.
 # Installed with apt-get when missing and we are root; tshark's debconf question is answered
 # up front.
 TOOLS := tshark sngrep openssl kamailio kamailio-tls-modules sip-tester rtpengine-daemon \
-  tmux gcc
+  tmux gcc python3-dev
 tools:
 	@missing=""; for t in $(TOOLS); do \
 	  dpkg-query -W -f='$${Status}' $$t 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$t"; \
@@ -49,7 +51,7 @@ run: install
 	  tshark -r $(OUT) -T fields -e frame.number -e frame.interface_name -e frame.comment 2>/dev/null; \
 	else echo "(tshark not installed: 'make tools' installs it)"; fi
 
-test: install-dev tools lint type unit e2e
+test: tools install-dev lint type unit e2e
 
 lint:
 	$(PY) -m ruff check .
@@ -78,7 +80,7 @@ docs: install-dev
 golden: install
 	$(PY) tests/make_golden.py
 
-bench: install-dev tools
+bench: tools install-dev
 	$(PY) bench/run.py
 
 # Coverage-guided fuzzing (issue 6): tests/fuzz.py runs the targets hep, stream, pcap and
