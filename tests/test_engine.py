@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from hep2pcap import engine
 from hep2pcap.engine import Packet, reference
+from hep2pcap.engine.reference import SCTP_PACKET
 from hep2pcap.frames import MAX_TCP_SEGMENT, MAX_UDP_PAYLOAD
 from hep2pcap.hep import DecodeOptions
 from hep2pcap.pcapng import (
@@ -77,8 +78,12 @@ comments = st.one_of(
 def packets(draw: st.DrawFn) -> Packet:
     v4 = draw(st.booleans())
     alen = 4 if v4 else 16
-    udp = draw(st.booleans())
-    limit = (MAX_UDP_PAYLOAD if udp else MAX_TCP_SEGMENT)[4 if v4 else 6]
+    kind = draw(st.sampled_from(["udp", "tcp", "sctp"]))
+    udp = kind == "udp"
+    if kind == "sctp":  # the payload is a whole SCTP packet: no transport header added
+        limit = MAX_UDP_PAYLOAD[4 if v4 else 6] + 8
+    else:
+        limit = (MAX_UDP_PAYLOAD if udp else MAX_TCP_SEGMENT)[4 if v4 else 6]
     size = draw(st.one_of(st.integers(0, 80), st.integers(limit - 9, limit)))
     payload = draw(st.binary(min_size=size, max_size=size)) if size <= 80 else bytes(size)
     return (
@@ -90,8 +95,8 @@ def packets(draw: st.DrawFn) -> Packet:
         draw(st.integers(0, 0xFFFF)),
         draw(st.integers(0, 0xFFFF)),
         draw(st.integers(0, 0xFFFF)) if v4 else 0,
-        -1 if udp else draw(st.integers(0, 2**32 - 1)),
-        0 if udp else draw(st.integers(0, 2**32 - 1)),
+        {"udp": -1, "sctp": SCTP_PACKET}.get(kind) or draw(st.integers(0, 2**32 - 1)),
+        0 if kind != "tcp" else draw(st.integers(0, 2**32 - 1)),
         payload,
         draw(comments),
     )
@@ -164,7 +169,7 @@ GOOD: Packet = (1, None, 5, b"\1" * 4, b"\2" * 4, 1, 2, 3, -1, 0, b"x", None)
         (5, 65536, ValueError),
         (6, -1, ValueError),
         (7, 1 << 16, ValueError),
-        (8, -2, ValueError),
+        (8, -3, ValueError),
         (8, 1 << 32, ValueError),
         (9, 1 << 32, ValueError),
         (2, -1, ValueError),
@@ -264,3 +269,24 @@ def test_a_slice_of_the_benchmark_workload_converts_to_the_same_bytes(tmp_path: 
     path.write_bytes(b"".join(m for _, _, m in gen.iter_workload(3000, 1, gen.Summary())))
     data = _same([path], "pcapng", LINKTYPE_ETHERNET)
     assert data.count(b"SIP/2.0") >= 3000
+
+
+@needs_native
+def test_sigtran_built_as_sctp_converts_to_the_same_bytes(tmp_path: Path) -> None:
+    # M2UA / M3UA / M2PA (issue 15) are whole SCTP packets built by FrameBuilder; the engine
+    # puts them in IP packets (seq SCTP_PACKET), next to SIP over UDP and TCP.
+    from hepbuild import u8, v3
+
+    from hep2pcap.hep import ChunkType
+
+    aspup = bytes.fromhex("0100030100000008")
+    msgs = [
+        v3({ChunkType.PAYLOAD_TYPE: u8(t), ChunkType.IP_PROTO: u8(132), ChunkType.PAYLOAD: aspup})
+        for t in (8, 9, 13, 9)
+    ]
+    msgs.append(v3({ChunkType.IP_PROTO: u8(6)}))
+    msgs.append(v3())
+    path = tmp_path / "sctp.hep"
+    path.write_bytes(b"".join(msgs))
+    data = _same([path], "pcapng", LINKTYPE_ETHERNET)
+    assert data.count(b"\x40\x00\x40\x84") == 4  # DF, TTL 64, protocol 132: four SCTP packets
