@@ -30,8 +30,9 @@ V2_TIME_LE = struct.Struct("<IIH2x")
 V2_TIME_BE = struct.Struct(">IIH2x")
 
 MAX_HEP3_LENGTH = 65535
-#: HEP-SPEC §7: hard cap on an inflated payload.
-MAX_INFLATED_PAYLOAD = 256 * 1024
+#: HEP-SPEC §7: hard cap on an inflated payload: it came from one packet, and no packet is
+#: larger (a 500-byte datagram must not cost 256 KiB of memory and disk).
+MAX_INFLATED_PAYLOAD = 65535
 
 AF_INET = 2
 #: HEP-SPEC §2.2: AF_INET6 on Linux, FreeBSD, macOS, Windows.

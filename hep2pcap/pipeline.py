@@ -61,6 +61,13 @@ class Problem(NamedTuple):
 
 #: A message on its way through the loop: (HEP time, arrival number, message).
 Item = tuple[int, int, HepMessage]
+#: What one held message costs besides its payload (the message object, its tuple, its
+#: addresses), for the byte bounds of the reorder window.
+ITEM_OVERHEAD = 512
+#: Live: a message stamped more than this (plus the window) ahead of the wall clock is not
+#: held in the window (it would wait for hours): it waits one window of wall time with the
+#: others like it, then is written, counted ``ahead_of_clock``.
+AHEAD_US = 2_000_000
 
 
 class Tick(NamedTuple):
@@ -88,7 +95,10 @@ class Options:
         payload_types: payload types to write; ``None`` writes all (types without a
             rendering as they are). By default the types render.py writes faithfully.
         window_us: reorder window in HEP time.
-        max_pending: cap on messages held in the window (memory bound).
+        max_pending: cap on messages held in the window.
+        max_window_bytes: cap on the bytes held in the window (payloads plus
+            ITEM_OVERHEAD each); past either cap the oldest are written early, counted
+            ``window_full``.
         comments: write a per-packet comment.
         strict: the first malformed message ends the run with :class:`StrictError`.
         linktype: LINKTYPE_ETHERNET or LINKTYPE_RAW.
@@ -107,6 +117,7 @@ class Options:
     payload_types: frozenset[int] | None = FAITHFUL_TYPES
     window_us: int = 2_000_000
     max_pending: int = 100_000
+    max_window_bytes: int = 64 * 1024 * 1024
     comments: bool = True
     strict: bool = False
     linktype: int = LINKTYPE_ETHERNET
@@ -332,40 +343,81 @@ class Converter:
         # order (the usual case: a deque, O(1) per message) and a heap of the others.
         self._run: deque[Item] = deque()
         self._heap: list[Item] = []
+        self._bytes = 0  # held, payloads plus ITEM_OVERHEAD each
         self._newest = -1
         self._last_written = -1
+        # Live only (after the first tick): messages stamped far ahead of the wall clock,
+        # and the tick time when the oldest of them arrived.
+        self._now: int | None = None
+        self._ahead: list[Item] = []
+        self._ahead_since = 0
 
     def push(self, item: Item) -> None:
         """Add a message; write every message now older than the window."""
+        ts = item[0]
+        opts = self.options
+        now = self._now
+        if now is not None and ts > now + opts.window_us + AHEAD_US:
+            if not self._ahead:
+                self._ahead_since = now
+            heappush(self._ahead, item)
+            self._bytes += len(item[2].payload) + ITEM_OVERHEAD
+            if self._bytes > opts.max_window_bytes:
+                self._write_ahead()
+            return
         run = self._run
         if not run or item > run[-1]:  # (ts, arrival): arrival numbers are unique
             run.append(item)
         else:
             heappush(self._heap, item)
-        ts = item[0]
+        self._bytes += len(item[2].payload) + ITEM_OVERHEAD
         if ts > self._newest:
             self._newest = ts
-        self._drain(self._newest - self.options.window_us, self.options.max_pending)
+        self._drain(self._newest - opts.window_us, opts.max_pending)
 
     def drain_until(self, now_us: int) -> None:
         """Live: write what has waited a whole window of wall time (HEP time assumed ~wall)."""
+        self._now = now_us
+        if self._ahead and now_us - self._ahead_since >= self.options.window_us:
+            self._write_ahead()
         self._drain(now_us - self.options.window_us, self.options.max_pending)
 
     def finish(self) -> None:
         """Write everything still held, in time order."""
         self._drain(None, 0)
+        self._write_ahead()
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes the window holds now (payloads plus ITEM_OVERHEAD each)."""
+        return self._bytes
+
+    def _write_ahead(self) -> None:
+        # Far ahead of the clock: written in their own time order, without moving the
+        # window's idea of "written so far" (the others would all look late).
+        ahead, last = self._ahead, self._last_written
+        self.stats.early["ahead_of_clock"] += len(ahead)
+        while ahead:
+            item = heappop(ahead)
+            self._bytes -= len(item[2].payload) + ITEM_OVERHEAD
+            self._write(item)
+        self._last_written = last
 
     def _drain(self, horizon: int | None, keep_at_most: int) -> None:
         # Write, oldest first, every message at or before the horizon (None: all), and
-        # more while more than keep_at_most are held.
+        # more while more than keep_at_most (or more than max_window_bytes) are held.
         run, heap, write = self._run, self._heap, self._write
         held = len(run) + len(heap)
+        max_bytes = self.options.max_window_bytes
         while held:
             from_heap = bool(heap) and (not run or heap[0] < run[0])
             oldest = heap[0] if from_heap else run[0]
-            if horizon is not None and oldest[0] > horizon and held <= keep_at_most:
-                return
+            if horizon is not None and oldest[0] > horizon:
+                if held <= keep_at_most and self._bytes <= max_bytes:
+                    return
+                self.stats.early["window_full"] += 1
             write(heappop(heap) if from_heap else run.popleft())
+            self._bytes -= len(oldest[2].payload) + ITEM_OVERHEAD
             held -= 1
 
     def _write(self, item: Item) -> None:
