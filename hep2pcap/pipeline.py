@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from heapq import heappop, heappush
 from typing import NamedTuple, Protocol
 
-from .errors import SKIP_REASONS, DecodeError, Reason, StrictError
+from .errors import SKIP_REASONS, DecodeError, Reason, StopNow, StrictError
 from .frames import BUILT_AS_SCTP, SCTP_PPIDS, FrameBuilder, proto_label
 from .hep import (
     DEFAULT_OPTIONS,
@@ -52,11 +52,16 @@ class Record(NamedTuple):
 
 
 class Problem(NamedTuple):
-    """Something a source could not turn into a record (counted, never fatal)."""
+    """Something a source could not turn into a record (counted, never fatal).
+
+    ``read`` marks a message the source rejected before decoding for a reason the pipeline
+    would have found (live ``--password``): it counts as read and dropped, like the rest.
+    """
 
     reason: Reason
     pos: int
     detail: str
+    read: bool = False
 
 
 #: A message on its way through the loop: (HEP time, arrival number, message).
@@ -300,7 +305,11 @@ def iter_messages(
                 stats.warnings[w] += 1
             yield (ts, next(order), msg)
         elif type(item) is Problem:
-            reporter.input_problem(item, f"{name} {unit} {item.pos}")
+            if item.read:
+                stats.read += 1
+                reporter.reject(item.reason, f"{name} {unit} {item.pos}", item.detail)
+            else:
+                reporter.input_problem(item, f"{name} {unit} {item.pos}")
         else:
             assert type(item) is Tick
             yield item
@@ -386,6 +395,11 @@ class Converter:
         """Write everything still held, in time order."""
         self._drain(None, 0)
         self._write_ahead()
+
+    @property
+    def held(self) -> int:
+        """Messages the window holds now."""
+        return len(self._run) + len(self._heap) + len(self._ahead)
 
     @property
     def held_bytes(self) -> int:
@@ -559,6 +573,9 @@ def convert(
                 writer.flush()
             else:
                 conv.push(item)
+    except StopNow:
+        stats.lost["stopped"] += conv.held  # asked to end at once: not written
+        raise
     except BaseException:
         # Write what the window still holds if the output can take it (--strict, a
         # signal), but never let a second failure (full disk, closed pipe) hide the first.
