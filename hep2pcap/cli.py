@@ -786,6 +786,7 @@ def _settle(stats: Stats, rotator: Any) -> None:
     for cause, n in rotator.lost.items():
         n = min(n, stats.written)
         stats.written -= n
+        stats.frames -= n
         stats.lost[cause] += n
     rotator.lost.clear()
 

@@ -410,6 +410,8 @@ class Converter:
         # Far ahead of the clock: written in their own time order, without moving the
         # window's idea of "written so far" (the others would all look late).
         ahead, last = self._ahead, self._last_written
+        if not ahead:
+            return
         self.stats.early["ahead_of_clock"] += len(ahead)
         while ahead:
             item = heappop(ahead)

@@ -148,7 +148,7 @@ def open_capture(path: str) -> BinaryIO:
             ``hep2pcap listen`` writing it), or it exists and is not a pcapng.
     """
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
     except OSError as exc:
         raise Hep2PcapError(f"{path}: cannot write: {exc.strerror or exc}") from exc
     try:

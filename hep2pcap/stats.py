@@ -158,7 +158,7 @@ class Stats:
             lines.append(
                 f"  by direction ({len(directions)}): {text}"
                 + (f", +{more} more" if more else "")
-                + (f" (+{untracked} messages past {MAX_FLOWS} flows)" if untracked else "")
+                + (f" (+{untracked} messages past {MAX_FLOWS} flows)" if untracked > 0 else "")
             )
         lines.extend(self._live_lines())
         return "\n".join(lines)

@@ -114,7 +114,8 @@ class Listen:
         )
         self.lines: list[str] = []
         self._q: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         self.addresses: list[tuple[str, str, int]] = []
         deadline = time.monotonic() + WAIT_S
         while len(self.addresses) < (3 if tcp else 2):
@@ -174,7 +175,13 @@ class Listen:
         took = time.monotonic() - start
         self._sampling = False
         self._sampler.join(5)
+        self._close()
         return rc, took
+
+    def _close(self) -> None:
+        self._reader.join(5)
+        if self.p.stderr is not None:
+            self.p.stderr.close()
 
     def wait(self, timeout_s: float = WAIT_S) -> int | None:
         try:
@@ -183,6 +190,7 @@ class Listen:
             rc = None
             self.kill()
         self._sampling = False
+        self._close()
         return rc
 
     def kill(self) -> None:
@@ -190,10 +198,10 @@ class Listen:
             self.p.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.p.wait(WAIT_S)
+        self._close()
 
     @property
     def stderr(self) -> str:
-        time.sleep(0.05)
         return "\n".join(self.lines)
 
 

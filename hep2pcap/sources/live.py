@@ -12,15 +12,18 @@ Must never: decode HEP (that is ``pipeline.iter_messages``), let the receiver wa
 conversion or disk, or grow without bound: what waits for conversion is capped in bytes (UDP
 beyond it is dropped and counted per listener, TCP is simply not read until there is room).
 
-Fairness: each round, the room left in the backlog is shared between the ready sources —
-first between the classes UDP, TCP and TLS, then between the listeners or connections of a
-class; a share one source does not use goes to the next. So one fast TCP peer cannot keep
-the backlog full while UDP agents lose datagrams. With ``--password`` (and ``--allow``) a
-message that cannot pass is rejected here, before it costs a decode or a trip to the
-converting process (:func:`hep2pcap.hep.precheck_auth`); only the first few of each reason
-travel as problems (to be logged), the rest as counts. When the connection table is full, a
-new connection displaces the one whose last complete HEP message (or accept) is oldest, if
-it has been quiet for DISPLACE_QUIET_US; single bytes reset nothing.
+Fairness: the backlog is shared between the classes of source — UDP, TCP and TLS — that are
+active (ready, or with bytes waiting): each may hold an equal share of it (a FIFO ledger
+tells how much of the backlog each class holds). Within a class, each round's room is split
+between its ready listeners or connections; a share one does not use goes to the next. So
+one fast TCP peer cannot keep the backlog full while UDP agents lose datagrams.
+
+With ``--password`` (and ``--allow``) a message that cannot pass is rejected here, before it
+costs a decode or a trip to the converting process (:func:`hep2pcap.hep.precheck_auth`);
+only the first few of each reason travel as problems (to be logged), the rest as counts.
+When the connection table is full, a new connection displaces the one whose last complete
+HEP message (or accept) is oldest, if it has been quiet for DISPLACE_QUIET_US; single bytes
+reset nothing.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from ..errors import DecodeError, Hep2PcapError, Reason
 from ..hep import auth_needle, precheck_auth
@@ -69,7 +72,7 @@ FINAL_DRAIN_BATCHES = 256
 JOIN_TIMEOUT_S = 5.0
 #: After the first stop request, what was received is converted for at most this long;
 #: the rest is counted as not converted (so a stop ends within a couple of seconds).
-STOP_DRAIN_S = 1.5
+STOP_DRAIN_S = 1.0
 #: A full connection table: the quietest connection is displaced only when it has sent no
 #: complete HEP message for this long (else the new one is refused).
 DISPLACE_QUIET_US = 1_000_000
@@ -288,6 +291,12 @@ class _Receiver:
         #: where connection failures are logged (the process driver sends them to its parent)
         self.note: Callable[[str], None] = lambda text: log.warning("%s", text)
         self.last_bytes = 0  # bytes the last read_udp took
+        # Bytes in the backlog by class (udp, tcp, tls), kept with a first-in-first-out
+        # ledger of [class, bytes] entries settled against the backlog's size each round.
+        self._held: dict[str, int] = {}
+        self._ledger: deque[list[Any]] = deque()
+        self._ledger_in = 0
+        self._ledger_out = 0
         self.woke: list[tuple[object, int]] = []  # the driver's own file descriptors
         self._seq = 0
         self._idle_us = round(options.tcp_idle_timeout_s * 1_000_000)
@@ -309,42 +318,39 @@ class _Receiver:
         self._next_idle_check = _now_us() + IDLE_CHECK_US
 
     def step(self, timeout_s: float) -> list[Record | Problem]:
-        """One round: wait, receive (the backlog's room shared fairly), frame, close idle
-        connections."""
+        """One round: wait, receive (each class of source within its share of the
+        backlog), frame, close idle connections."""
         events = self.sel.select(timeout_s)
         now_us = _now_us()
         out: list[Record | Problem] = []
-        room = self.options.max_backlog_bytes - self.backlog()
+        held = self._settle_ledger()
         throttled = False
         self.woke.clear()
-        udp: list[UdpListener] = []
-        streams: dict[str, list[TcpConnection]] = {}
+        ready: dict[str, list[UdpListener] | list[TcpConnection]] = {}
         for key, mask in events:
             obj = key.data
             if type(obj) is UdpListener:
-                udp.append(obj)
+                ready.setdefault("udp", []).append(obj)  # type: ignore[arg-type]
             elif type(obj) is TcpConnection:
                 if obj.handshaking:
                     self._read_conn(obj, now_us, out, 1 << 20)
-                elif room <= 0:
-                    throttled = True
-                    obj.last_us = max(obj.last_us, now_us - self._idle_us // 2)  # not idle
                 else:
-                    streams.setdefault(obj.scheme, []).append(obj)
+                    ready.setdefault(obj.scheme, []).append(obj)  # type: ignore[arg-type]
             elif type(obj) is TcpListener:
                 self._accept(obj, now_us, out)
             else:
                 self.woke.append((obj, mask))
-        # Fair shares: the room is split between the classes (udp, tcp, tls) that are ready,
-        # then between a class's sources; what one does not take goes to the next.
-        classes: list[list[UdpListener] | list[TcpConnection]] = [udp] if udp else []
-        classes += [c for c in streams.values() if c]
-        left = room
-        for i, members in enumerate(classes):
-            share = left // (len(classes) - i) if left > 0 else 0
+        # Each class (udp, tcp, tls) that is ready or has bytes waiting may hold an equal
+        # share of the backlog; within a class, the room left is split between the ready
+        # sources (what one does not take goes to the next). A class past its share: UDP is
+        # read and dropped (counted per listener), TCP/TLS are not read (left in the kernel).
+        active = len(set(ready) | {c for c, n in held.items() if n > 0})
+        share = self.options.max_backlog_bytes // max(1, active)
+        for cls, members in ready.items():
+            room = share - held.get(cls, 0)
             took = 0
             for j, src in enumerate(members):
-                budget = (share - took) // (len(members) - j) if share > took else 0
+                budget = (room - took) // (len(members) - j) if room > took else 0
                 if type(src) is UdpListener:
                     self.read_udp(src, now_us, out, room <= 0, budget)
                     took += self.last_bytes
@@ -352,9 +358,13 @@ class _Receiver:
                     assert type(src) is TcpConnection
                     if budget <= 0:
                         throttled = True
+                        src.last_us = max(src.last_us, now_us - self._idle_us // 2)  # not idle
                         continue
                     took += self._read_conn(src, now_us, out, budget)
-            left -= took
+            if took:
+                self._ledger.append([cls, took])
+                held[cls] = held.get(cls, 0) + took
+                self._ledger_in += took
         if now_us >= self._next_idle_check:
             self._next_idle_check = now_us + IDLE_CHECK_US
             for conn in list(self.conns.values()):
@@ -364,6 +374,23 @@ class _Receiver:
             time.sleep(0.002)  # the pipeline is behind: leave TCP in the kernel a moment
         self.items += len(out)
         return out
+
+    def _settle_ledger(self) -> dict[str, int]:
+        # The backlog is first in, first out: what the pipeline took since the last round
+        # comes off the oldest ledger entries. Returns the bytes each class holds now.
+        gone = self._ledger_in - self.backlog() - self._ledger_out
+        ledger = self._ledger
+        held = self._held
+        while gone > 0 and ledger:
+            entry = ledger[0]
+            n = min(gone, entry[1])
+            entry[1] -= n
+            held[entry[0]] -= n
+            gone -= n
+            self._ledger_out += n
+            if not entry[1]:
+                ledger.popleft()
+        return held
 
     def early_reject(self, reason: Reason, where: str, out: list[Record | Problem]) -> None:
         """A message rejected before decoding: the first few go on as problems (logged by
