@@ -345,9 +345,11 @@ class _Receiver:
         # sources (what one does not take goes to the next). A class past its share: UDP is
         # read and dropped (counted per listener), TCP/TLS are not read (left in the kernel).
         active = len(set(ready) | {c for c, n in held.items() if n > 0})
-        share = self.options.max_backlog_bytes // max(1, active)
+        cap = self.options.max_backlog_bytes
+        share = cap // max(1, active)
+        full = self.backlog() >= cap  # the whole backlog, whoever holds it
         for cls, members in ready.items():
-            room = share - held.get(cls, 0)
+            room = share - held.get(cls, 0) if not full else 0
             took = 0
             for j, src in enumerate(members):
                 budget = (room - took) // (len(members) - j) if room > took else 0
