@@ -237,7 +237,7 @@ def test_existing_capture_gets_a_new_section_never_truncated(tmp_path: Path) -> 
     from hep2pcap.rotate import RotatingWriter
 
     out = tmp_path / "c.pcapng"
-    for run in range(2):
+    for _ in range(2):
         w = RotatingWriter(str(out), LINKTYPE_ETHERNET)
         _write(w, 1)
         w.close()
