@@ -610,7 +610,9 @@ def listen_cmd(
     addresses on stderr, and writes frames in HEP-time order, flushed every second.
     SIGINT/SIGTERM flush, close and print the summary (exit 0); SIGHUP starts a new file.
     Rotated files are named NAME.00000.EXT, NAME.00001.EXT, ... Filters are applied as
-    messages arrive: a dialog's messages are held (up to 20000) until one matches.
+    messages arrive: a dialog's messages are held (up to 20000, 32 MiB) until one matches.
+    Memory is bounded in bytes everywhere (see the README); an existing file gets a new
+    pcapng section, never truncated, and a second writer of the same file is refused.
 
     Example: hep2pcap listen -l udp:0.0.0.0:9060 -w 'calls-%H%M.pcapng' -G 3600 -W 24
     """
