@@ -168,14 +168,25 @@ class Forwarder:
         endpoint: the upstream (``udp:`` or ``tcp:``).
         max_queue: messages waiting to be sent, at most.
         timeout_s: connect and send timeout for TCP.
+        max_queue_bytes: bytes waiting to be sent, at most (about: the sender thread's
+            share of the count is read without a lock).
     """
 
-    def __init__(self, endpoint: Endpoint, max_queue: int = 20_000, timeout_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        max_queue: int = 20_000,
+        timeout_s: float = 2.0,
+        max_queue_bytes: int = 32 * 1024 * 1024,
+    ) -> None:
         self.endpoint = endpoint
         self.sent = 0
         self.queue_drops = 0  # written by the caller's thread only
         self.send_drops = 0  # written by the forwarder thread only
         self._max = max_queue
+        self._max_bytes = max_queue_bytes
+        self._queued_in = 0  # bytes put, by the caller's thread
+        self._queued_out = 0  # bytes taken, by the forwarder thread
         self._stream = endpoint.scheme != "udp"
         self._timeout_s = timeout_s
         self._queue: deque[bytes] = deque()
@@ -195,9 +206,14 @@ class Forwarder:
         Over TCP only HEPv3 can be sent (v1/v2 have no length to frame by): others are
         dropped and counted too.
         """
-        if len(self._queue) >= self._max or (self._stream and not data.startswith(b"HEP3")):
+        if (
+            len(self._queue) >= self._max
+            or self._queued_in - self._queued_out + len(data) > self._max_bytes
+            or (self._stream and not data.startswith(b"HEP3"))
+        ):
             self.queue_drops += 1
             return
+        self._queued_in += len(data)
         self._queue.append(data)
         if not self._wake.is_set():
             if self._thread.ident is None:
@@ -238,6 +254,7 @@ class Forwarder:
                     wake.wait(0.5)
                 continue
             data = queue.popleft()
+            self._queued_out += len(data)
             if sock is None:
                 if time.monotonic() < retry_at:
                     self.send_drops += 1
