@@ -357,7 +357,8 @@ class Converter:
         self._last_written = -1
         # Live only (after the first tick): messages stamped far ahead of the wall clock,
         # and the tick time when the oldest of them arrived.
-        self._now: int | None = None
+        self._now = 0
+        self._ahead_at = 1 << 62  # messages stamped later are "ahead" (never, offline)
         self._ahead: list[Item] = []
         self._ahead_since = 0
 
@@ -365,10 +366,9 @@ class Converter:
         """Add a message; write every message now older than the window."""
         ts = item[0]
         opts = self.options
-        now = self._now
-        if now is not None and ts > now + opts.window_us + AHEAD_US:
+        if ts > self._ahead_at:
             if not self._ahead:
-                self._ahead_since = now
+                self._ahead_since = self._now
             heappush(self._ahead, item)
             self._bytes += len(item[2].payload) + ITEM_OVERHEAD
             if self._bytes > opts.max_window_bytes:
@@ -387,6 +387,7 @@ class Converter:
     def drain_until(self, now_us: int) -> None:
         """Live: write what has waited a whole window of wall time (HEP time assumed ~wall)."""
         self._now = now_us
+        self._ahead_at = now_us + self.options.window_us + AHEAD_US
         if self._ahead and now_us - self._ahead_since >= self.options.window_us:
             self._write_ahead()
         self._drain(now_us - self.options.window_us, self.options.max_pending)
