@@ -6,14 +6,25 @@ conversion logic; everything it grows moves into the library (outputs.py: what a
 leaves; progress.py: status lines).
 """
 
+# ruff: noqa: E402 - the early signal handlers below go before the heavier imports
 from __future__ import annotations
+
+import signal
+import sys
+
+#: ``listen`` starting up: signals that came before its handlers were in place (a SIGHUP
+#: from logrotate, a Ctrl-C) are remembered here instead of killing the half-started process
+#: (or printing a KeyboardInterrupt traceback). Set before the heavier imports below.
+_EARLY_SIGNALS: list[int] = []
+if sys.argv[1:2] == ["listen"] and hasattr(signal, "SIGHUP"):
+    for _sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        signal.signal(_sig, lambda signum, frame: _EARLY_SIGNALS.append(signum))
 
 import contextlib
 import dataclasses
 import functools
 import inspect
 import logging
-import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -616,8 +627,6 @@ def listen_cmd(
 
     Example: hep2pcap listen -l udp:0.0.0.0:9060 -w 'calls-%H%M.pcapng' -G 3600 -W 24
     """
-    import signal
-
     from .errors import StopNow
     from .rotate import BlockFile, RotatingWriter
     from .sources.live import Forwarder, LiveOptions, LiveSource, parse_allow
@@ -629,7 +638,7 @@ def listen_cmd(
     # early is remembered and honoured, never fatal.
     source: LiveSource | None = None
     rotator: RotatingWriter | None = None
-    stops = [0]
+    stops = [sum(1 for sig in _EARLY_SIGNALS if sig != signal.SIGHUP)]
 
     def on_stop(signum: int, frame: object) -> None:
         stops[0] += 1
