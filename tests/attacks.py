@@ -295,10 +295,27 @@ def blast_udp(port: int, datagrams: Iterator[bytes], seconds: float, rate: int |
     return n
 
 
-def _finish(name: str, lst: Listen, agent: Agent, **notes: object) -> Result:
+def settle(path: Path, quiet_s: float = 1.3, limit_s: float = 15.0) -> None:
+    """Wait until the output stops growing (the backlog is converted; flushes are 1 s apart)."""
+    deadline = time.monotonic() + limit_s
+    size, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now_size = path.stat().st_size if path.exists() else 0
+        if now_size != size:
+            size, since = now_size, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.1)
+
+
+def _finish(
+    name: str, lst: Listen, agent: Agent, *, drain: bool = False, **notes: object
+) -> Result:
     time.sleep(1.0)  # the good agent's last messages pass the reorder window
     sent = agent.finish()
     time.sleep(0.8)
+    if drain:
+        settle(lst.out)
     rc, took = lst.stop()
     valid, packets, good = scan(lst.out)
     res = Result(name, sent, good, lst.peak_kib / 1024, took, rc, lst.stderr, valid, packets)
@@ -375,7 +392,7 @@ def tcp_flood(work: Path, seconds: float) -> Result:
         while time.monotonic() < end:
             s.sendall(batch)
             n += 200
-    return _finish("tcp_flood", lst, agent, attack=n)
+    return _finish("tcp_flood", lst, agent, drain=True, attack=n)
 
 
 def tcp_drip(work: Path, seconds: float, conns: int = 300) -> Result:

@@ -87,7 +87,7 @@ def test_one_tcp_sender_does_not_starve_udp(tmp_path: Path) -> None:
     # on a loaded machine the flood may still be queued at the stop: that is counted.
     check(res, lossless=False)
     assert "(udp:" not in res.summary, res.summary  # no drops charged to a UDP listener
-    assert res.good_lost <= res.good_sent // 10 or "at stop=" in res.summary, res.summary
+    assert res.good_lost == 0 or "at stop=" in res.summary, res.summary
 
 
 def test_tcp_drip_cannot_hold_the_connection_table(tmp_path: Path) -> None:
