@@ -5,7 +5,8 @@ PY     := $(VENV)/bin/python
 SAMPLE ?= fixtures/hep/sample-call.hep
 OUT    ?= /tmp/hep2pcap-sample.pcapng
 
-.PHONY: help install install-dev tools run test lint type unit e2e fmt docs golden bench fuzz clean
+.PHONY: help install install-dev tools run test lint type unit e2e fmt docs golden bench fuzz \
+  soak-attacks clean
 
 help:
 	@echo "make run      set up .venv, convert $(SAMPLE) and show what is in it"
@@ -13,6 +14,7 @@ help:
 	@echo "make bench    performance benchmark against sngrep (not part of the tests)"
 	@echo "make fuzz     coverage-guided fuzzing (atheris) of every input parser, FUZZ_SECONDS=$(FUZZ_SECONDS)"
 	@echo "              per target; FUZZ_SECONDS=600 runs well over 1M cases (not part of the tests)"
+	@echo "make soak-attacks  the attacks of tests/test_attacks.py, ATTACK_SECONDS=$(ATTACK_SECONDS) each"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -93,6 +95,12 @@ FUZZ_DIR     ?= /tmp/hep2pcap-fuzz
 fuzz: install-dev
 	$(PY) -m pip install -q -e '.[fuzz]'
 	nice $(PY) tests/fuzz.py all --seconds $(FUZZ_SECONDS) --timeout $(FUZZ_TIMEOUT) --work $(FUZZ_DIR)
+
+# The bounded loopback attacks of tests/test_attacks.py (issue 16), each ATTACK_SECONDS long
+# with a good agent sending beside it; prints one line per attack (not part of the tests).
+ATTACK_SECONDS ?= 20
+soak-attacks: install-dev
+	cd tests && nice ../$(PY) attacks.py --seconds $(ATTACK_SECONDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

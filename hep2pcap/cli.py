@@ -6,13 +6,25 @@ conversion logic; everything it grows moves into the library (outputs.py: what a
 leaves; progress.py: status lines).
 """
 
+# ruff: noqa: E402 - the early signal handlers below go before the heavier imports
 from __future__ import annotations
 
+import signal
+import sys
+
+#: ``listen`` starting up: signals that came before its handlers were in place (a SIGHUP
+#: from logrotate, a Ctrl-C) are remembered here instead of killing the half-started process
+#: (or printing a KeyboardInterrupt traceback). Set before the heavier imports below.
+_EARLY_SIGNALS: list[int] = []
+if sys.argv[1:2] == ["listen"] and hasattr(signal, "SIGHUP"):
+    for _sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        signal.signal(_sig, lambda signum, frame: _EARLY_SIGNALS.append(signum))
+
+import contextlib
 import dataclasses
 import functools
 import inspect
 import logging
-import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -529,8 +541,9 @@ DEFAULT_LISTEN = ("udp:127.0.0.1:9060", "tcp:127.0.0.1:9060")
 )  # fmt: skip
 @click.option(
     "--backlog", "backlog_mb", type=click.IntRange(1, 1 << 20), default=256, show_default=True,
-    metavar="MB", help="Received data held while conversion catches up; beyond it UDP is "
-    "dropped (counted as 'not converted') and TCP is not read.",
+    metavar="MB", help="Received data held while conversion catches up, shared fairly between "
+    "UDP, TCP and TLS sources; beyond a source's share UDP is dropped (counted as 'not "
+    "converted', per listener) and TCP is not read.",
 )  # fmt: skip
 @click.option("--tls-cert", metavar="FILE", help="Certificate (PEM) for tls:.")
 @click.option("--tls-key", metavar="FILE", help="Private key (PEM) for tls:.")
@@ -552,11 +565,13 @@ DEFAULT_LISTEN = ("udp:127.0.0.1:9060", "tcp:127.0.0.1:9060")
 )  # fmt: skip
 @click.option(
     "--tcp-idle-timeout", "idle_s", type=click.FloatRange(0, min_open=True), default=60.0,
-    show_default=True, metavar="SECONDS", help="Close TCP/TLS connections silent this long.",
+    show_default=True, metavar="SECONDS",
+    help="Close TCP/TLS connections that sent no whole HEP message this long.",
 )  # fmt: skip
 @click.option(
     "--max-connections", type=click.IntRange(1), default=1024, show_default=True, metavar="N",
-    help="TCP/TLS connections at once; more are refused and counted.",
+    help="TCP/TLS connections at once; a new one displaces the one quiet longest (no whole "
+    "HEP message for 1 s or more), else it is refused; both counted.",
 )  # fmt: skip
 @click.option(
     "--stats-interval", "stats_s", type=click.FloatRange(0), default=0, metavar="SECONDS",
@@ -565,6 +580,11 @@ DEFAULT_LISTEN = ("udp:127.0.0.1:9060", "tcp:127.0.0.1:9060")
 @click.option(
     "--window", "window_s", type=click.FloatRange(0, 3600), default=0.5, show_default=True,
     metavar="SECONDS", help="Reorder window (frames are written this late).",
+)  # fmt: skip
+@click.option(
+    "--window-mb", "window_mb", type=click.IntRange(1, 1 << 20), default=64, show_default=True,
+    metavar="MB", help="Memory for messages in the reorder window; when full the oldest are "
+    "written early (counted as 'window_full').",
 )  # fmt: skip
 @frame_options
 @select_options
@@ -588,6 +608,7 @@ def listen_cmd(
     max_connections: int,
     stats_s: float,
     window_s: float,
+    window_mb: int,
     linktype: str,
     no_comments: bool,
     payload_types: frozenset[int] | None,
@@ -602,150 +623,205 @@ def listen_cmd(
     addresses on stderr, and writes frames in HEP-time order, flushed every second.
     SIGINT/SIGTERM flush, close and print the summary (exit 0); SIGHUP starts a new file.
     Rotated files are named NAME.00000.EXT, NAME.00001.EXT, ... Filters are applied as
-    messages arrive: a dialog's messages are held (up to 20000) until one matches.
+    messages arrive: a dialog's messages are held (up to 20000, 32 MiB) until one matches.
+    Memory is bounded in bytes everywhere (see the README); an existing file gets a new
+    pcapng section, never truncated, and a second writer of the same file is refused.
 
     Example: hep2pcap listen -l udp:0.0.0.0:9060 -w 'calls-%H%M.pcapng' -G 3600 -W 24
     """
-    import signal
-
+    from .errors import StopNow
     from .rotate import BlockFile, RotatingWriter
     from .sources.live import Forwarder, LiveOptions, LiveSource, parse_allow
     from .sources.tcp import make_server_context
     from .sources.udp import parse_endpoint
     from .stats import Stats
 
-    _setup_logging(verbose, quiet)
-    log = logging.getLogger("hep2pcap")
-    try:
-        endpoints = tuple(parse_endpoint(u) for u in (listen_urls or DEFAULT_LISTEN))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="-l/--listen") from None
-    try:
-        networks = tuple(parse_allow(c) for c in allow_cidrs) if allow_cidrs else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--allow") from None
-    try:
-        upstream = parse_endpoint(forward_url, ("udp", "tcp")) if forward_url else None
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--forward") from None
-    rotating = file_size_mb is not None or rotate_s is not None or max_files is not None
-    if output == "-" and rotating:
-        raise click.UsageError("-C, -G and -W need a file name, not '-w -'")
-    if (tls_cert is None) != (tls_key is None):
-        raise click.UsageError("--tls-cert and --tls-key go together")
-    if any(ep.scheme == "tls" for ep in endpoints) and tls_cert is None:
-        raise click.UsageError("a tls: listener needs --tls-cert and --tls-key")
-    if tls_client_ca is not None and tls_cert is None:
-        raise click.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
+    # Signal handlers first, before any socket is opened: a stop or a SIGHUP that comes
+    # early is remembered and honoured, never fatal.
+    source: LiveSource | None = None
+    rotator: RotatingWriter | None = None
+    stops = [sum(1 for sig in _EARLY_SIGNALS if sig != signal.SIGHUP)]
 
-    options = _options(
-        linktype, no_comments, payload_types, use_receive_time, verbose, password, window_s,
-        selection,
-    )  # fmt: skip
-    stats = Stats()
-    select = Selector(selection.criteria, stats).live_stage if selection.criteria else None
-    with ExitStack() as stack:
+    def on_stop(signum: int, frame: object) -> None:
+        stops[0] += 1
+        if stops[0] > 1:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            raise StopNow  # the second one ends the run at once
+        if source is not None:
+            source.stop()
+
+    def on_hup(signum: int, frame: object) -> None:
+        if rotator is not None:
+            rotator.reopen()
+
+    with ExitStack() as handlers:
+        for sig, handler in (
+            (signal.SIGINT, on_stop),
+            (signal.SIGTERM, on_stop),
+            (signal.SIGHUP, on_hup),
+        ):
+            old = signal.signal(sig, handler)
+            handlers.callback(signal.signal, sig, old)
+        _setup_logging(verbose, quiet)
+        log = logging.getLogger("hep2pcap")
         try:
-            tls = (
-                make_server_context(tls_cert, tls_key, tls_client_ca)
-                if tls_cert is not None and tls_key is not None
-                else None
-            )
-            live = LiveOptions(
-                endpoints=endpoints,
-                rcvbuf=rcvbuf,
-                tls=tls,
-                allow=networks,
-                tcp_idle_timeout_s=idle_s,
-                max_connections=max_connections,
-                max_backlog_bytes=backlog_mb * 1024 * 1024,
-            )
-            source = LiveSource(live, stats, count=count, duration_s=duration_s)
-            source.open()
-            stack.callback(source.close)
-            for u in source.udp:
-                if u.rcvbuf < u.rcvbuf_requested:
-                    log.warning(
-                        "%s: the OS capped the receive buffer at %d bytes (asked %d); "
-                        "raise the cap with: sysctl -w net.core.rmem_max=%d",
-                        u.address, u.rcvbuf, u.rcvbuf_requested, u.rcvbuf_requested,
-                    )  # fmt: skip
-            rotator: RotatingWriter | None = None
-            writer: PacketWriter
-            if output == "-":
-                writer = PcapngWriter(
-                    BlockFile(sys.stdout.buffer),  # type: ignore[arg-type]
-                    options.linktype,
-                    comments=options.comments,
+            endpoints = tuple(parse_endpoint(u) for u in (listen_urls or DEFAULT_LISTEN))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="-l/--listen") from None
+        try:
+            networks = tuple(parse_allow(c) for c in allow_cidrs) if allow_cidrs else None
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--allow") from None
+        try:
+            upstream = parse_endpoint(forward_url, ("udp", "tcp")) if forward_url else None
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--forward") from None
+        rotating = file_size_mb is not None or rotate_s is not None or max_files is not None
+        if output == "-" and rotating:
+            raise click.UsageError("-C, -G and -W need a file name, not '-w -'")
+        if (tls_cert is None) != (tls_key is None):
+            raise click.UsageError("--tls-cert and --tls-key go together")
+        if any(ep.scheme == "tls" for ep in endpoints) and tls_cert is None:
+            raise click.UsageError("a tls: listener needs --tls-cert and --tls-key")
+        if tls_client_ca is not None and tls_cert is None:
+            raise click.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
+
+        options = _options(
+            linktype, no_comments, payload_types, use_receive_time, verbose, password, window_s,
+            selection,
+        )  # fmt: skip
+        options = dataclasses.replace(options, max_window_bytes=window_mb * 1024 * 1024)
+        stats = Stats()
+        select = Selector(selection.criteria, stats).live_stage if selection.criteria else None
+        with ExitStack() as stack:
+            try:
+                tls = (
+                    make_server_context(tls_cert, tls_key, tls_client_ca)
+                    if tls_cert is not None and tls_key is not None
+                    else None
                 )
-                writer.flush()
-            else:
-                rotator = RotatingWriter(
-                    output,
-                    options.linktype,
-                    comments=options.comments,
-                    max_bytes=round(file_size_mb * 1_000_000) if file_size_mb else None,
-                    interval_s=rotate_s,
-                    max_files=max_files,
+                live = LiveOptions(
+                    endpoints=endpoints,
+                    rcvbuf=rcvbuf,
+                    tls=tls,
+                    allow=networks,
+                    tcp_idle_timeout_s=idle_s,
+                    max_connections=max_connections,
+                    max_backlog_bytes=backlog_mb * 1024 * 1024,
+                    password=password.encode() if password is not None else None,
+                    log_limit=None if verbose else 5,
                 )
-                stack.callback(rotator.close)
-                writer = rotator
-            if upstream is not None:
-                source.forward = Forwarder(upstream)
-            next_status = [0.0]
+                source = LiveSource(live, stats, count=count, duration_s=duration_s)
+                if stops[0]:
+                    source.stop()
+                source.open()
+                stack.callback(source.close)
+                for u in source.udp:
+                    if u.rcvbuf < u.rcvbuf_requested:
+                        log.warning(
+                            "%s: the OS capped the receive buffer at %d bytes (asked %d); "
+                            "raise the cap with: sysctl -w net.core.rmem_max=%d",
+                            u.address, u.rcvbuf, u.rcvbuf_requested, u.rcvbuf_requested,
+                        )  # fmt: skip
+                writer: PacketWriter
+                if output == "-":
+                    writer = PcapngWriter(
+                        BlockFile(sys.stdout.buffer),  # type: ignore[arg-type]
+                        options.linktype,
+                        comments=options.comments,
+                    )
+                    writer.flush()
+                else:
+                    rotator = RotatingWriter(
+                        output,
+                        options.linktype,
+                        comments=options.comments,
+                        max_bytes=round(file_size_mb * 1_000_000) if file_size_mb else None,
+                        interval_s=rotate_s,
+                        max_files=max_files,
+                    )
+                    stack.callback(rotator.close)
+                    writer = rotator
+                if upstream is not None:
+                    source.forward = Forwarder(upstream)
+                next_status = [0.0]
+                live_source = source
 
-            def on_tick(now: float) -> None:
-                if stats_s <= 0 or quiet or now < next_status[0]:
-                    return
-                next_status[0] = now + stats_s
-                drops = source.kernel_drops()
-                rejected = stats.dropped + stats.input_problems
-                reasons = ", ".join(f"{r.value}={n}" for r, n in rejected.most_common(4))
-                click.echo(
-                    f"hep2pcap: received {source.received}, wrote {stats.written}, "
-                    f"dropped {sum(rejected.values())}{f' ({reasons})' if reasons else ''}, "
-                    f"kernel drops {'?' if drops is None else drops}, "
-                    f"backlog {source.backlog_bytes // 1024} KiB, "
-                    f"connections {source.open_connections}, "
-                    f"file {rotator.current_path if rotator is not None else 'stdout'}",
-                    err=True,
-                )
+                def on_tick(now: float) -> None:
+                    if stats_s <= 0 or quiet or now < next_status[0]:
+                        return
+                    next_status[0] = now + stats_s
+                    drops = live_source.kernel_drops()
+                    rejected = stats.dropped + stats.input_problems
+                    reasons = ", ".join(f"{r.value}={n}" for r, n in rejected.most_common(4))
+                    click.echo(
+                        f"hep2pcap: received {live_source.received}, wrote {stats.written}, "
+                        f"dropped {sum(rejected.values())}"
+                        f"{f' ({reasons})' if reasons else ''}, "
+                        f"kernel drops {'?' if drops is None else drops}, "
+                        f"backlog {live_source.backlog_bytes // 1024} KiB, "
+                        f"connections {live_source.open_connections}, "
+                        f"file {rotator.current_path if rotator is not None else 'stdout'}",
+                        err=True,
+                    )
 
-            source.on_tick = on_tick
-            stops = [0]
+                source.on_tick = on_tick
+                for ep in source.addresses:
+                    click.echo(f"listening on {ep}", err=True)
+                # A second stop raises StopNow: end at once (what was written so far is
+                # flushed; what the window held is counted as lost "stopped").
+                with contextlib.suppress(StopNow):
+                    convert([source], writer, options, stats, select=select)
+                source.close()
+                writer.close()
+                _settle(stats, rotator)
+            except Hep2PcapError as exc:
+                on_disk = _failed_output(stats, rotator)
+                raise click.ClickException(f"{exc}{on_disk}") from exc
+            except BrokenPipeError:
+                sys.stderr.close()  # the reader went away (| tshark stopped): end quietly
+                return
+            except OSError as exc:  # the output: disk full, file system gone (one line)
+                on_disk = _failed_output(stats, rotator)
+                raise click.ClickException(
+                    f"{output}: cannot write: {exc.strerror or exc}{on_disk}"
+                ) from exc
+        if not quiet:
+            click.echo(stats.summary(), err=True)
 
-            def on_stop(signum: int, frame: object) -> None:
-                source.stop(now=stops[0] > 0)  # a second Ctrl-C does not wait for the backlog
-                stops[0] += 1
 
-            def on_hup(signum: int, frame: object) -> None:
-                if rotator is not None:
-                    rotator.reopen()
+def _settle(stats: Stats, rotator: Any) -> None:
+    # What the output files lost (removed while written, a failed write) comes out of
+    # "written": the summary never claims more than is on disk.
+    if rotator is None:
+        return
+    for cause, n in rotator.lost.items():
+        n = min(n, stats.written)
+        stats.written -= n
+        stats.frames -= n
+        stats.lost[cause] += n
+    rotator.lost.clear()
 
-            for sig, handler in (
-                (signal.SIGINT, on_stop),
-                (signal.SIGTERM, on_stop),
-                (signal.SIGHUP, on_hup),
-            ):
-                old = signal.signal(sig, handler)
-                stack.callback(signal.signal, sig, old)
-            for ep in source.addresses:  # after the handlers: a script may signal right away
-                click.echo(f"listening on {ep}", err=True)
-            convert([source], writer, options, stats, select=select)
-            source.close()
-            writer.close()
-        except Hep2PcapError as exc:
-            raise click.ClickException(str(exc)) from exc
-        except BrokenPipeError:
-            sys.stderr.close()  # the reader went away (| tshark stopped): end quietly
-            return
-        except OSError as exc:  # the output: disk full, file system gone (one line)
-            raise click.ClickException(
-                f"{output}: cannot write: {exc.strerror or exc} "
-                f"(after {stats.written} messages written)"
-            ) from exc
-    if not quiet:
-        click.echo(stats.summary(), err=True)
+
+def _failed_output(stats: Stats, rotator: Any) -> str:
+    # The run ends on an error: drop what cannot be written any more (counted), and say
+    # how many messages are on disk (never more than are), for the one error line.
+    if rotator is not None:
+        rotator.abandon()
+    _settle(stats, rotator)
+    # Accepted, but still held (window, filter, re-cut) when the output failed.
+    rest = (
+        stats.read - stats.written - stats.skipped_total - stats.dropped_total - stats.filtered
+    ) - sum(stats.lost.values())
+    if rest > 0:
+        stats.lost["output_failed"] += rest
+    if not stats.read:
+        return ""
+    lost = sum(stats.lost.values())
+    return f" (after {stats.written} messages written" + (
+        f"; {lost} accepted but not on disk)" if lost else ")"
+    )
 
 
 # ---- end of listen ------------------------------------------------------------------------

@@ -16,8 +16,10 @@ from .hep import HepMessage, PayloadType
 #: A correlation id that links more Call-IDs than this is not a call's (some senders put
 #: a constant there): it no longer joins groups.
 MAX_GROUP_KEYS = 64
-#: Keys tracked at most (an hour of a busy server is far below this).
+#: Keys tracked at most (an hour of a busy server is far below this)…
 MAX_KEYS = 2_000_000
+#: …and bytes of key text (a Call-ID may be kilobytes long).
+MAX_KEY_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,8 @@ class Dialogs:
         self._size: dict[str, int] = {}
         self.max_keys = max_keys
         self.max_group_keys = max_group_keys
+        self.max_key_bytes = MAX_KEY_BYTES
+        self._key_bytes = 0
         #: keys not tracked because MAX_KEYS was reached
         self.untracked = 0
 
@@ -71,9 +75,10 @@ class Dialogs:
         root = self.find(key)
         if root is not None:
             return root
-        if len(self._parent) >= self.max_keys:
+        if len(self._parent) >= self.max_keys or self._key_bytes > self.max_key_bytes:
             self.untracked += 1
             return None
+        self._key_bytes += len(key)
         self._parent[key] = key
         self._size[key] = 1
         return key

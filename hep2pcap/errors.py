@@ -131,3 +131,10 @@ class InputError(Hep2PcapError):
 
 class StrictError(Hep2PcapError):
     """``--strict`` was given and a malformed message was found."""
+
+
+class StopNow(BaseException):
+    """A second stop request (SIGINT/SIGTERM): end at once, without writing what is held.
+
+    Raised from a signal handler, so it derives from BaseException like KeyboardInterrupt.
+    """

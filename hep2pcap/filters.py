@@ -31,6 +31,11 @@ Item = tuple[int, int, HepMessage]
 CALL_ID, CORRELATION, METHOD, MATCH = 1, 2, 4, 8
 #: Live: messages held for dialogs that have not matched yet, at most…
 MAX_HELD = 20_000
+#: …and this many bytes of them (payloads plus HELD_OVERHEAD each); past either bound the
+#: dialogs held longest are left out, counted as ``filter_hold_full`` (writing them would
+#: put calls the filter did not ask for into the file)…
+MAX_HELD_BYTES = 32 * 1024 * 1024
+HELD_OVERHEAD = 512
 #: …and for at most this long (tick time, i.e. our clock) after the first was held.
 HOLD_US = 300_000_000
 
@@ -220,17 +225,17 @@ class Selector:
     # -- live: one pass, holding undecided dialogs -----------------------------------
     def live_stage(self, items: Iterator[Any]) -> Iterator[Any]:
         """The only pass (live): write a dialog's messages from when it matches, and the
-        ones held before that (up to MAX_HELD messages, for HOLD_US of tick time: a
-        sender's clock may be far from ours)."""
+        ones held before that (up to MAX_HELD messages and MAX_HELD_BYTES, for HOLD_US of
+        tick time: a sender's clock may be far from ours)."""
         crit, stats = self.criteria, self.stats
         # group root -> (tick time when holding began, messages waiting); oldest first
         held: dict[str, tuple[int, list[Item]]] = {}
-        count = 0
+        size = [0, 0]  # messages, bytes held
         now: int | None = None
         for item in items:
             if type(item) is not tuple:
                 now = int(item.now_us)
-                count -= self._expire(held, now - HOLD_US, count)
+                self._expire(held, size, now - HOLD_US, None)
                 yield item
                 continue
             ts, _, msg = item
@@ -247,39 +252,50 @@ class Selector:
             if crit.wanted(bits):
                 if root is not None and root in held:
                     waiting = held.pop(root)[1]
-                    count -= len(waiting)
+                    size[0] -= len(waiting)
+                    size[1] -= _held_bytes(waiting)
                     yield from waiting
                 yield item
             elif root is None or (crit.invert and bits & MATCH):
                 stats.filtered += 1
                 if root is not None and root in held:
                     waiting = held.pop(root)[1]
-                    count -= len(waiting)
+                    size[0] -= len(waiting)
+                    size[1] -= _held_bytes(waiting)
                     stats.filtered += len(waiting)
             else:
                 held.setdefault(root, (ts if now is None else now, []))[1].append(item)
-                count += 1
-                if count > MAX_HELD:
-                    count -= self._expire(held, None, 1)
-        self._expire(held, None, count)  # the end: what never matched is left out
+                size[0] += 1
+                size[1] += len(msg.payload) + HELD_OVERHEAD
+                if size[0] > MAX_HELD or size[1] > MAX_HELD_BYTES:
+                    self._expire(held, size, None, "filter_hold_full")
+        self._expire(held, size, None, None)  # the end: what never matched is left out
 
     def _expire(
-        self, held: dict[str, tuple[int, list[Item]]], before_us: int | None, at_least: int
-    ) -> int:
-        # Leave out held groups, oldest first: all held since before before_us, and
-        # (before_us None) at least at_least messages. Returns how many messages.
-        gone = 0
+        self,
+        held: dict[str, tuple[int, list[Item]]],
+        size: list[int],
+        before_us: int | None,
+        full: str | None,
+    ) -> None:
+        # Leave out held groups, oldest first: those held since before before_us; with
+        # ``full`` (a bound was passed), until the hold is within its bounds again (counted
+        # under that name); else (the end) all of them.
+        stats = self.stats
         while held:
             root = next(iter(held))
             since, waiting = held[root]
             if before_us is not None and since >= before_us:
                 break
-            if before_us is None and gone >= at_least:
+            if full is not None and size[0] <= MAX_HELD and size[1] <= MAX_HELD_BYTES:
                 break
             del held[root]
-            gone += len(waiting)
-        self.stats.filtered += gone
-        return gone
+            size[0] -= len(waiting)
+            size[1] -= _held_bytes(waiting)
+            if full is not None:
+                stats.lost[full] += len(waiting)
+            else:
+                stats.filtered += len(waiting)
 
     def _see(self, msg: HepMessage) -> tuple[str | None, str | None, int]:
         # Add a message to the groups: (its root, an absorbed root, the group's bits).
@@ -294,3 +310,7 @@ class Selector:
             total |= bits.pop(absorbed, 0)
         bits[root] = total
         return root, absorbed, total
+
+
+def _held_bytes(items: list[Item]) -> int:
+    return sum(len(msg.payload) for _, _, msg in items) + HELD_OVERHEAD * len(items)

@@ -30,8 +30,9 @@ V2_TIME_LE = struct.Struct("<IIH2x")
 V2_TIME_BE = struct.Struct(">IIH2x")
 
 MAX_HEP3_LENGTH = 65535
-#: HEP-SPEC §7: hard cap on an inflated payload.
-MAX_INFLATED_PAYLOAD = 256 * 1024
+#: HEP-SPEC §7: hard cap on an inflated payload: it came from one packet, and no packet is
+#: larger (a 500-byte datagram must not cost 256 KiB of memory and disk).
+MAX_INFLATED_PAYLOAD = 65535
 
 AF_INET = 2
 #: HEP-SPEC §2.2: AF_INET6 on Linux, FreeBSD, macOS, Windows.
@@ -938,3 +939,36 @@ def _encode_v12(msg: HepMessage) -> bytes:
         sec, usec = _split_ts(msg.ts_us)
         head += V2_TIME_LE.pack(sec, usec, msg.capture_id or 0)
     return head + msg.payload
+
+
+def auth_needle(password: bytes) -> bytes:
+    """The bytes a HEPv3 message carrying exactly ``password`` contains: its auth-key chunk
+    (vendor 0, type 0x000e, length, key), for :func:`precheck_auth`."""
+    return CHUNK_HEADER.pack(0, ChunkType.AUTH_KEY, CHUNK_HEADER.size + len(password)) + password
+
+
+#: The auth-key chunk header without its length (HEP-SPEC §3.4, 0x000e).
+_AUTH_CHUNK = CHUNK_HEADER.pack(0, ChunkType.AUTH_KEY, 0)[:4]
+
+
+def precheck_auth(
+    data: bytes | bytearray, needle: bytes, start: int = 0, end: int = -1
+) -> Reason | None:
+    """Cheap rejection before decoding (HEP-SPEC §8): ``None`` when ``data[start:end]`` may
+    carry the right key (the full check after decoding decides), else why it cannot.
+
+    A message without the key's chunk bytes anywhere cannot carry the key; the reason tells
+    a v1/v2 message, a missing key and a wrong one apart as the full check would (a message
+    without any auth chunk header counts as missing).
+    """
+    if end < 0:
+        end = len(data)
+    if data.find(needle, start, end) >= 0:
+        return None
+    if data[start : start + 4] != HEP3_MAGIC:
+        return (
+            Reason.V12_AUTH_REQUIRED
+            if end > start and data[start] in (1, 2)
+            else Reason.AUTH_MISSING
+        )
+    return Reason.AUTH_MISMATCH if data.find(_AUTH_CHUNK, start, end) >= 0 else Reason.AUTH_MISSING

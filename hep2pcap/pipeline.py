@@ -21,7 +21,7 @@ from heapq import heappop, heappush
 from typing import NamedTuple, Protocol
 
 from .engine import DEFAULT, Engine, Packet
-from .errors import SKIP_REASONS, DecodeError, Reason, StrictError
+from .errors import SKIP_REASONS, DecodeError, Reason, StopNow, StrictError
 from .frames import BUILT_AS_SCTP, SCTP_PPIDS, FrameBuilder, proto_label
 from .hep import (
     DEFAULT_OPTIONS,
@@ -53,15 +53,27 @@ class Record(NamedTuple):
 
 
 class Problem(NamedTuple):
-    """Something a source could not turn into a record (counted, never fatal)."""
+    """Something a source could not turn into a record (counted, never fatal).
+
+    ``read`` marks a message the source rejected before decoding for a reason the pipeline
+    would have found (live ``--password``): it counts as read and dropped, like the rest.
+    """
 
     reason: Reason
     pos: int
     detail: str
+    read: bool = False
 
 
 #: A message on its way through the loop: (HEP time, arrival number, message).
 Item = tuple[int, int, HepMessage]
+#: What one held message costs besides its payload (the message object, its tuple, its
+#: addresses), for the byte bounds of the reorder window.
+ITEM_OVERHEAD = 512
+#: Live: a message stamped more than this (plus the window) ahead of the wall clock is not
+#: held in the window (it would wait for hours): it waits one window of wall time with the
+#: others like it, then is written, counted ``ahead_of_clock``.
+AHEAD_US = 2_000_000
 
 
 class Tick(NamedTuple):
@@ -89,7 +101,10 @@ class Options:
         payload_types: payload types to write; ``None`` writes all (types without a
             rendering as they are). By default the types render.py writes faithfully.
         window_us: reorder window in HEP time.
-        max_pending: cap on messages held in the window (memory bound).
+        max_pending: cap on messages held in the window.
+        max_window_bytes: cap on the bytes held in the window (payloads plus
+            ITEM_OVERHEAD each); past either cap the oldest are written early, counted
+            ``window_full``.
         comments: write a per-packet comment.
         strict: the first malformed message ends the run with :class:`StrictError`.
         linktype: LINKTYPE_ETHERNET or LINKTYPE_RAW.
@@ -108,6 +123,7 @@ class Options:
     payload_types: frozenset[int] | None = FAITHFUL_TYPES
     window_us: int = 2_000_000
     max_pending: int = 100_000
+    max_window_bytes: int = 64 * 1024 * 1024
     comments: bool = True
     strict: bool = False
     linktype: int = LINKTYPE_ETHERNET
@@ -290,7 +306,11 @@ def iter_messages(
                 stats.warnings[w] += 1
             yield (ts, next(order), msg)
         elif type(item) is Problem:
-            reporter.input_problem(item, f"{name} {unit} {item.pos}")
+            if item.read:
+                stats.read += 1
+                reporter.reject(item.reason, f"{name} {unit} {item.pos}", item.detail)
+            else:
+                reporter.input_problem(item, f"{name} {unit} {item.pos}")
         else:
             assert type(item) is Tick
             yield item
@@ -344,28 +364,50 @@ class Converter:
         # order (the usual case: a deque, O(1) per message) and a heap of the others.
         self._run: deque[Item] = deque()
         self._heap: list[Item] = []
+        self._bytes = 0  # held, payloads plus ITEM_OVERHEAD each
         self._newest = -1
         self._last_written = -1
+        # Live only (after the first tick): messages stamped far ahead of the wall clock,
+        # and the tick time when the oldest of them arrived.
+        self._now = 0
+        self._ahead_at = 1 << 62  # messages stamped later are "ahead" (never, offline)
+        self._ahead: list[Item] = []
+        self._ahead_since = 0
 
     def push(self, item: Item) -> None:
         """Add a message; write every message now older than the window."""
+        ts = item[0]
+        opts = self.options
+        if ts > self._ahead_at:
+            if not self._ahead:
+                self._ahead_since = self._now
+            heappush(self._ahead, item)
+            self._bytes += len(item[2].payload) + ITEM_OVERHEAD
+            if self._bytes > opts.max_window_bytes:
+                self._write_ahead()
+            return
         run = self._run
         if not run or item > run[-1]:  # (ts, arrival): arrival numbers are unique
             run.append(item)
         else:
             heappush(self._heap, item)
-        ts = item[0]
+        self._bytes += len(item[2].payload) + ITEM_OVERHEAD
         if ts > self._newest:
             self._newest = ts
-        self._drain(self._newest - self.options.window_us, self.options.max_pending)
+        self._drain(self._newest - opts.window_us, opts.max_pending)
 
     def drain_until(self, now_us: int) -> None:
         """Live: write what has waited a whole window of wall time (HEP time assumed ~wall)."""
+        self._now = now_us
+        self._ahead_at = now_us + self.options.window_us + AHEAD_US
+        if self._ahead and now_us - self._ahead_since >= self.options.window_us:
+            self._write_ahead()
         self._drain(now_us - self.options.window_us, self.options.max_pending)
 
     def finish(self) -> None:
         """Write everything still held, in time order."""
         self._drain(None, 0)
+        self._write_ahead()
         self._emit()
 
     def flush(self) -> None:
@@ -373,25 +415,56 @@ class Converter:
         self._emit()
         self.writer.flush()
 
+    @property
+    def held(self) -> int:
+        """Messages the window holds now."""
+        return len(self._run) + len(self._heap) + len(self._ahead)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes the window holds now (payloads plus ITEM_OVERHEAD each)."""
+        return self._bytes
+
+    def _write_ahead(self) -> None:
+        # Far ahead of the clock: written in their own time order, without moving the
+        # window's idea of "written so far" (the others would all look late).
+        ahead, last = self._ahead, self._last_written
+        if not ahead:
+            return
+        self.stats.early["ahead_of_clock"] += len(ahead)
+        while ahead:
+            item = heappop(ahead)
+            self._bytes -= len(item[2].payload) + ITEM_OVERHEAD
+            self._write(item)
+        self._last_written = last
+
     def _drain(self, horizon: int | None, keep_at_most: int) -> None:
         # Write, oldest first, every message at or before the horizon (None: all), and
-        # more while more than keep_at_most are held.
+        # more while more than keep_at_most (or more than max_window_bytes) are held.
         run, heap, write = self._run, self._heap, self._write
+        max_bytes = self.options.max_window_bytes
         if not heap:  # the usual case: everything held arrived in time order
             held = len(run)
             while held:
-                if horizon is not None and run[0][0] > horizon and held <= keep_at_most:
-                    return
+                oldest = run[0]
+                if horizon is not None and oldest[0] > horizon:
+                    if held <= keep_at_most and self._bytes <= max_bytes:
+                        return
+                    self.stats.early["window_full"] += 1
                 write(run.popleft())
+                self._bytes -= len(oldest[2].payload) + ITEM_OVERHEAD
                 held -= 1
             return
         held = len(run) + len(heap)
         while held:
             from_heap = bool(heap) and (not run or heap[0] < run[0])
             oldest = heap[0] if from_heap else run[0]
-            if horizon is not None and oldest[0] > horizon and held <= keep_at_most:
-                return
+            if horizon is not None and oldest[0] > horizon:
+                if held <= keep_at_most and self._bytes <= max_bytes:
+                    return
+                self.stats.early["window_full"] += 1
             write(heappop(heap) if from_heap else run.popleft())
+            self._bytes -= len(oldest[2].payload) + ITEM_OVERHEAD
             held -= 1
 
     def _write(self, item: Item) -> None:
@@ -558,6 +631,13 @@ def convert(
                 conv.flush()
             else:
                 conv.push(item)
+    except StopNow:
+        # Asked to end at once: the batch already counted as written (at most BATCH
+        # packets) still goes out; what the window holds is not written.
+        with contextlib.suppress(Exception):
+            conv.flush()
+        stats.lost["stopped"] += conv.held
+        raise
     except BaseException:
         # Write what the window still holds if the output can take it (--strict, a
         # signal), but never let a second failure (full disk, closed pipe) hide the first.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict, deque
 from collections.abc import Iterator
+from hashlib import blake2b
 from typing import Any
 
 from . import sip
@@ -31,8 +32,10 @@ Stream = Iterator[Any]  # Item | Tick; Any because Tick lives in pipeline (no im
 STREAM_PROTOS = frozenset({IpProto.TCP, IpProto.TLS})
 #: A message held for its rest is written as it is (and marked truncated) past this size…
 MAX_HELD_BYTES = 256 * 1024
-#: …or when this many flows hold a partial message (the oldest goes first)…
+#: …or when this many flows hold a partial message, or all of them hold more than
+#: MAX_HELD_TOTAL bytes (the oldest goes first, counted ``resplit_full``)…
 MAX_HELD_FLOWS = 4096
+MAX_HELD_TOTAL = 32 * 1024 * 1024
 #: …or when its rest has not come for this long.
 HOLD_US = 2_000_000
 
@@ -90,10 +93,12 @@ def repair_sip(
     # counted from the tick before it arrived; offline (no ticks), hold_us of HEP time.
     since: dict[tuple[object, ...], int] = {}
     last_tick: int | None = None
+    size = [0]  # bytes held, all flows
 
     def release(key: tuple[object, ...]) -> Item:
         since.pop(key, None)
         (ts, arrival, msg), data = held.pop(key)
+        size[0] -= len(data)
         warnings[Reason.SIP_TRUNCATED] += 1
         joined = (Reason.SIP_JOINED,) if len(data) != len(msg.payload) else ()
         return (ts, arrival, marked(msg, *joined, Reason.SIP_TRUNCATED, payload=data))
@@ -103,8 +108,10 @@ def repair_sip(
         while held:
             key, ((ts, _, _), _) = next(iter(held.items()))
             start = since.get(key, ts) if last_tick is not None else ts
-            if now_us is not None and start + hold_us > now_us and len(held) <= MAX_HELD_FLOWS:
-                return
+            if now_us is not None and start + hold_us > now_us:
+                if len(held) <= MAX_HELD_FLOWS and size[0] <= MAX_HELD_TOTAL:
+                    return
+                stats.early["resplit_full"] += 1
             yield release(key)
 
     for item in items:
@@ -135,9 +142,14 @@ def repair_sip(
                 yield release(key)  # a new message begins: the held one was cut short
             else:
                 first, head = held.pop(key)
+                size[0] -= len(head)
                 data = head + data
                 joined = True
         yield from _cut(first, data, joined, key, held, stats, order)
+        if key in held:
+            size[0] += len(held[key][1])
+            if size[0] > MAX_HELD_TOTAL or len(held) > MAX_HELD_FLOWS:
+                yield from expire(ts if last_tick is None else last_tick)
         if last_tick is not None and key in held and key not in since:
             since[key] = last_tick
     yield from expire(None)  # the end: what is still held is written as it is
@@ -223,7 +235,8 @@ def _first_line_cut(data: bytes, start: int) -> bool:
 class CopyFinder:
     """Finds a packet that another agent already mirrored (same payload, transport and
     addresses) within ``window_us`` of HEP time. Retransmissions seen by the same agent
-    are not copies. Memory is bounded by the window and by ``max_entries``.
+    are not copies. Memory is bounded by the window and by ``max_entries``: a payload is
+    remembered by a 16-byte BLAKE2b digest, never by its bytes (~200 bytes an entry).
     """
 
     def __init__(self, window_us: int, max_entries: int = 200_000) -> None:
@@ -247,7 +260,8 @@ class CopyFinder:
             entry = seen.get(old_key)
             if entry is not None and entry[0] == old_ts:
                 del seen[old_key]
-        key = (msg.payload, msg.ip_proto, msg.src_ip, msg.src_port, msg.dst_ip, msg.dst_port)
+        digest = blake2b(msg.payload, digest_size=16).digest()
+        key = (digest, msg.ip_proto, msg.src_ip, msg.src_port, msg.dst_ip, msg.dst_port)
         prev = seen.get(key)
         gap = None
         if prev is not None and abs(ts_us - prev[0]) <= self.window_us:

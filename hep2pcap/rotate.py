@@ -1,8 +1,14 @@
 """Output files for live capture: whole-block buffering and tcpdump-style rotation.
 
 Owns: opening, naming, rotating (-C size, -G time, -W ring of N files, SIGHUP reopen) and
-flushing output files. Every file is a complete pcapng of its own (SHB, then an IDB per
-capture agent as first seen in that file). Blocks reach the OS whole — one ``write`` per
+flushing output files, and keeping a capture from being lost in silence: each file is
+locked while written (a second writer is refused), an existing capture is never truncated
+(a new pcapng section is appended to it), and a file removed while written is noticed at
+the next flush (re-created; if that fails, the run ends with an error). What did not
+reach the disk is counted (``lost``).
+
+Every file is a complete pcapng of its own (SHB, then an IDB per capture agent as first
+seen in that file). Blocks reach the OS whole — one ``write`` per
 batch, never half a block — so the file is valid up to the last completed flush (a SIGKILL
 landing inside that ``write`` can leave its batch partly on disk). This module is an I/O
 edge like ``sources/``: it opens files and reads the wall clock; the block layouts stay in
@@ -12,10 +18,13 @@ edge like ``sources/``: it opens files and reads the wall clock; the block layou
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
+import stat
+import struct
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -29,8 +38,28 @@ BLOCK_BUFFER = 256 * 1024
 #: When the next file cannot be created, capture goes on in the current one and the
 #: rotation is tried again this much later.
 ROTATE_RETRY_S = 5.0
+#: An existing capture whose last block was cut short (a crash inside a write) is cut back
+#: to its last whole block before a section is appended, if the cut part is at most this
+#: long (one write batch); a longer broken tail is not ours to cut: the file is refused.
+MAX_CUT_TAIL = 4 * 1024 * 1024
+_BLOCK_HEAD = struct.Struct("<II")
+_SHB_MAGIC = b"\x0a\x0d\x0d\x0a"
+_EPB = 6  # the first byte of an EPB's block type (little-endian)
 
 log = logging.getLogger("hep2pcap")
+
+
+def _count_epbs(data: bytes) -> int:
+    # A part is one block, or a batch of EPBs from the frame engine: walk the block lengths.
+    count = pos = 0
+    end = len(data)
+    while pos < end:
+        count += data[pos] == _EPB
+        step = int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if step <= 0:
+            break
+        pos += step
+    return count
 
 
 class BlockFile:
@@ -48,7 +77,10 @@ class BlockFile:
         self._raw = raw
         self._limit = limit
         self._parts: list[bytes] = []
+        self._epbs: list[int] = []  # EPBs in each part
         self._size = 0
+        self.pending_packets = 0  # EPBs buffered, not yet handed to the OS
+        self.lost_packets = 0  # EPBs a failed write did not get into the file
         try:
             self._complete: int | None = raw.tell() if raw.seekable() else None
         except (OSError, ValueError, AttributeError):
@@ -58,6 +90,9 @@ class BlockFile:
         """Buffer one whole block."""
         self._parts.append(block)
         self._size += len(block)
+        epbs = _count_epbs(block) if block[0] == _EPB else 0
+        self._epbs.append(epbs)
+        self.pending_packets += epbs
         if self._size >= self._limit:
             self.flush()
         return len(block)
@@ -74,29 +109,118 @@ class BlockFile:
                     n = self._raw.write(data[written:])
                     written += size - written if n is None else n
             except OSError:
-                self._cut_back(parts, written)
+                whole = self._cut_back(parts, written)
+                self.lost_packets += self.pending_packets - sum(self._epbs[:whole])
                 raise
             finally:
                 parts.clear()
+                self._epbs.clear()
                 self._size = 0
+                self.pending_packets = 0
             if self._complete is not None:
                 self._complete += size
         self._raw.flush()
 
-    def _cut_back(self, parts: list[bytes], written: int) -> None:
+    def discard(self) -> int:
+        """Forget what is buffered (the file failed); return how many EPBs that was."""
+        n = self.pending_packets
+        self._parts.clear()
+        self._epbs.clear()
+        self._size = 0
+        self.pending_packets = 0
+        self.lost_packets += n
+        return n
+
+    def _cut_back(self, parts: list[bytes], written: int) -> int:
         # The write failed after ``written`` bytes of the batch: keep the blocks that got
-        # there whole, cut the one that did not.
-        if self._complete is None:
-            return
-        whole = 0
+        # there whole, cut the one that did not. Returns how many blocks got there whole
+        # (none, when the file cannot be cut back).
+        whole = count = 0
         for block in parts:
             if whole + len(block) > written:
                 break
             whole += len(block)
-        with contextlib.suppress(OSError, ValueError):
+            count += 1
+        if self._complete is None:
+            return 0
+        try:
             os.ftruncate(self._raw.fileno(), self._complete + whole)
             self._raw.seek(self._complete + whole)
-            self._complete += whole
+        except (OSError, ValueError):
+            return 0
+        self._complete += whole
+        return count
+
+
+def open_capture(path: str) -> BinaryIO:
+    """Open ``path`` to write a capture: locked, never truncated.
+
+    A new or empty file is written from its start. An existing pcapng gets a new section
+    after its last whole block (Wireshark and tshark read every section); a last block cut
+    short by a crash (at most MAX_CUT_TAIL bytes) is cut off first.
+
+    Raises:
+        Hep2PcapError: the file cannot be opened, another process holds its lock (a second
+            ``hep2pcap listen`` writing it), or it exists and is not a pcapng.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        raise Hep2PcapError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Hep2PcapError(
+                f"{path}: another process is writing this capture (it is locked); choose another -w"
+            ) from None
+        except OSError:
+            pass  # no locks on this file system: go on unlocked
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_size:
+            end = _whole_end(fd, info.st_size)
+            if end is None:
+                raise Hep2PcapError(
+                    f"{path}: exists and is not a pcapng this run can add to; "
+                    "not overwriting it (choose another -w, or move it away)"
+                )
+            if end < info.st_size:
+                log.warning(
+                    "%s: its last %d bytes are a block cut short (a crash?): cut off",
+                    path, info.st_size - end,
+                )  # fmt: skip
+                os.ftruncate(fd, end)
+            os.lseek(fd, end, os.SEEK_SET)
+            log.warning("%s exists: its capture is kept, this run adds a new section", path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return cast(BinaryIO, os.fdopen(fd, "wb", buffering=0))
+
+
+def _whole_end(fd: int, size: int) -> int | None:
+    # The end of the last whole block of a pcapng file, or None when it is not one.
+    if os.pread(fd, 4, 0) != _SHB_MAGIC:
+        return None
+    tail = os.pread(fd, 4, size - 4)
+    if len(tail) == 4:  # the usual case: the last block is whole (its two lengths agree)
+        for order in ("<", ">"):
+            (total,) = struct.unpack(order + "I", tail)
+            if 12 <= total <= size and total % 4 == 0:
+                head = os.pread(fd, 8, size - total)
+                if len(head) == 8 and struct.unpack(order + "I", head[4:])[0] == total:
+                    return size
+    # Walk the blocks from the start (the byte order is each section's own).
+    pos, order = 0, "<"
+    while pos + 12 <= size:
+        head = os.pread(fd, 12, pos)
+        if head[:4] == _SHB_MAGIC:
+            order = "<" if head[8:12] == b"\x4d\x3c\x2b\x1a" else ">"
+        (total,) = struct.unpack(order + "I", head[4:8])
+        if total < 12 or total % 4 or pos + total > size:
+            break
+        pos += total
+    return pos if pos and size - pos <= MAX_CUT_TAIL else None
 
 
 def indexed(path: str, index: int) -> str:
@@ -150,6 +274,10 @@ class RotatingWriter:
         self.files_opened = 0
         #: rotations that could not create the next file (capture went on in the old one)
         self.rotate_failures = 0
+        #: frames that are not on disk, by cause: output_removed (the file was removed
+        #: while written), output_failed (a write failed: disk full)
+        self.lost: Counter[str] = Counter()
+        self._packets = 0  # frames written to the current file
         self._retry_at = 0.0
         self._numbered = (
             max_bytes is not None
@@ -177,16 +305,22 @@ class RotatingWriter:
         self, agent: int | None, node: str | None, ts_us: int, frame: bytes, comment: str | None
     ) -> None:
         """Write one frame, rotating first when a limit is reached."""
-        self._current().write_packet(agent, node, ts_us, frame, comment)
+        writer = self._current()
+        self._packets += 1
+        writer.write_packet(agent, node, ts_us, frame, comment)
 
     def write_frames(self, packets: Sequence[Packet]) -> None:
         """Write a batch of packets; with a size or time limit, one at a time, rotating
         first when a limit is reached (as for write_packet)."""
         if self.max_bytes is None and self.interval_s is None:
-            self._current().write_frames(packets)
+            writer = self._current()
+            self._packets += len(packets)
+            writer.write_frames(packets)
             return
         for i in range(len(packets)):
-            self._current().write_frames(packets[i : i + 1])
+            writer = self._current()
+            self._packets += 1
+            writer.write_frames(packets[i : i + 1])
 
     def _current(self) -> PcapngWriter:
         # The file to write to now: a new one first when a limit is reached.
@@ -203,15 +337,74 @@ class RotatingWriter:
         return writer
 
     def flush(self) -> None:
-        """Write buffered blocks to the OS (and honour a pending reopen)."""
+        """Write buffered blocks to the OS (and honour a pending reopen); notice a file
+        removed while written (re-created; when that fails, Hep2PcapError).
+
+        Raises:
+            Hep2PcapError: the current file was removed and cannot be created again.
+            OSError: a write failed (disk full); what did not get there is in ``lost``.
+        """
         if self._reopen:
             self._rotate()
         elif self._out is not None:
-            self._out.flush()
+            self._guarded_flush(self._out)
+            self._check_removed()
 
     def close(self) -> None:
         """Flush and close the current file."""
         self._close_current()
+
+    def abandon(self) -> None:
+        """The output failed: close the current file without writing what is buffered
+        (counted in ``lost`` as output_failed)."""
+        if self._out is not None:
+            self.lost["output_failed"] += self._out.discard()
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        self._out = self._file = self._writer = None
+
+    def _guarded_flush(self, out: BlockFile) -> None:
+        before = out.lost_packets
+        try:
+            out.flush()
+        finally:
+            if out.lost_packets != before:
+                self.lost["output_failed"] += out.lost_packets - before
+
+    def _check_removed(self, *, recreate: bool = True) -> None:
+        # A file unlinked (or its folder removed) while written has no links left: what
+        # was written to it is gone. Say so, and (recreate) start the same name again.
+        file = self._file
+        if file is None:
+            return
+        try:
+            removed = os.fstat(file.fileno()).st_nlink == 0
+        except OSError:
+            return
+        if not removed:
+            return
+        path, packets = self.current_path, self._packets
+        self.lost["output_removed"] += packets
+        with contextlib.suppress(OSError):
+            file.close()
+        self._out = self._file = self._writer = None
+        if not recreate:
+            log.warning(
+                "%s was removed while being written: %d packets in it are lost", path, packets
+            )
+            return
+        try:
+            self._open(path)
+        except Hep2PcapError as exc:
+            raise Hep2PcapError(
+                f"{path} was removed while being written ({packets} packets in it are lost) "
+                f"and cannot be created again: {exc}"
+            ) from exc
+        log.warning(
+            "%s was removed while being written: %d packets in it are lost; "
+            "writing a new %s", path, packets, path,
+        )  # fmt: skip
 
     @property
     def bytes_written(self) -> int:
@@ -233,16 +426,18 @@ class RotatingWriter:
         file, out, _, _ = old
         if out is not None and file is not None:
             try:
-                out.flush()
+                self._guarded_flush(out)
             finally:
                 file.close()
 
     def _close_current(self) -> None:
         if self._out is not None and self._file is not None:
             try:
-                self._out.flush()
+                self._guarded_flush(self._out)
+                self._check_removed(recreate=False)
             finally:
-                self._file.close()
+                if self._file is not None:
+                    self._file.close()
         self._out = self._file = self._writer = None
 
     def _next_name(self) -> str:
@@ -263,10 +458,18 @@ class RotatingWriter:
 
     def _open_next(self) -> None:
         path = self._next_name()
-        try:
-            raw = cast(BinaryIO, open(path, "wb", buffering=0))  # noqa: SIM115
-        except OSError as exc:
-            raise Hep2PcapError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+        self._open(path)
+        if self.interval_s is not None:
+            self._rotate_at = self.clock() + self.interval_s
+        if path in self._paths:
+            self._paths.remove(path)
+        self._paths.append(path)
+        while self.max_files is not None and len(self._paths) > self.max_files:
+            with contextlib.suppress(OSError):
+                os.unlink(self._paths.popleft())
+
+    def _open(self, path: str) -> None:
+        raw = open_capture(path)
         out = BlockFile(raw)
         try:
             writer = PcapngWriter(cast(BinaryIO, out), self.linktype, comments=self.comments)
@@ -277,11 +480,4 @@ class RotatingWriter:
         self._file, self._out, self._writer = raw, out, writer
         self.current_path = path
         self.files_opened += 1
-        if self.interval_s is not None:
-            self._rotate_at = self.clock() + self.interval_s
-        if path in self._paths:
-            self._paths.remove(path)
-        self._paths.append(path)
-        while self.max_files is not None and len(self._paths) > self.max_files:
-            with contextlib.suppress(OSError):
-                os.unlink(self._paths.popleft())
+        self._packets = 0

@@ -49,6 +49,14 @@ class Stats:
     connections: Counter[str] = field(default_factory=Counter)  # TCP/TLS connection events
     forwarded: int | None = None  # messages relayed by --forward
     forward_drops: int = 0  # messages --forward could not relay (queue full, upstream down)
+    #: not converted, by source (a UDP listener's address); the sum is receive_drops
+    receive_drops_by: Counter[str] = field(default_factory=Counter)
+    #: written before their time because a memory bound was reached, by bound (window_full,
+    #: ahead_of_clock, resplit_full): on disk, maybe out of order
+    early: Counter[str] = field(default_factory=Counter)
+    #: accepted but not on disk, by cause (output_removed, output_failed, stopped): already
+    #: taken out of ``written``
+    lost: Counter[str] = field(default_factory=Counter)
 
     def add_difference(self, other: Stats, base: Stats) -> None:
         """Add ``other - base`` field by field: what a copy of ``base`` counted since it
@@ -128,6 +136,10 @@ class Stats:
             lines.append(f"  input: {_pairs(self.input_problems)}")
         if self.warnings:
             lines.append(f"  repaired/warned: {_pairs(self.warnings)}")
+        if self.early:
+            lines.append(f"  written early (a memory bound was reached): {_pairs(self.early)}")
+        if self.lost:
+            lines.append(f"  accepted but not on disk: {_pairs(self.lost)}")
         if self.late:
             lines.append(f"  late (outside the reorder window, written anyway): {self.late}")
         agents, transports, directions = self.agents, self.transports, self.directions
@@ -146,7 +158,7 @@ class Stats:
             lines.append(
                 f"  by direction ({len(directions)}): {text}"
                 + (f", +{more} more" if more else "")
-                + (f" (+{untracked} messages past {MAX_FLOWS} flows)" if untracked else "")
+                + (f" (+{untracked} messages past {MAX_FLOWS} flows)" if untracked > 0 else "")
             )
         lines.extend(self._live_lines())
         return "\n".join(lines)
@@ -155,8 +167,10 @@ class Stats:
         lines = []
         if self.kernel_drops is not None or self.receive_drops:
             kernel = "unknown" if self.kernel_drops is None else str(self.kernel_drops)
+            by = f" ({_pairs(self.receive_drops_by)})" if self.receive_drops_by else ""
             lines.append(
-                f"  lost before decoding: kernel drops {kernel}, not converted {self.receive_drops}"
+                f"  lost before decoding: kernel drops {kernel}, "
+                f"not converted {self.receive_drops}{by}"
             )
         if self.connections:
             lines.append(
@@ -171,9 +185,10 @@ def _sorted(counter: Counter[_K]) -> list[tuple[_K, int]]:
     return sorted(counter.items(), key=lambda kv: (-kv[1], str(kv[0])))
 
 
-def _pairs(counter: Counter[Reason]) -> str:
+def _pairs(counter: Counter[Reason] | Counter[str]) -> str:
     return ", ".join(
-        f"{r.value}={n}" for r, n in sorted(counter.items(), key=lambda kv: kv[0].value)
+        f"{getattr(r, 'value', r)}={n}"
+        for r, n in sorted(counter.items(), key=lambda kv: str(getattr(kv[0], "value", kv[0])))
     )
 
 

@@ -10,8 +10,10 @@ import pytest
 
 from hep2pcap.dialogs import Dialogs, Keys, keys_of
 from hep2pcap.filters import (
+    HELD_OVERHEAD,
     HOLD_US,
     MAX_HELD,
+    MAX_HELD_BYTES,
     Criteria,
     Selector,
     compile_match,
@@ -271,7 +273,22 @@ def test_live_hold_is_bounded() -> None:
     msgs = items(m(sip(INVITE, f"c{i}")) for i in range(MAX_HELD + 100))
     sel = Selector(Criteria(methods=frozenset({"BYE"})), Stats())
     assert list(sel.live_stage(iter(msgs))) == []
-    assert sel.stats.filtered == MAX_HELD + 100
+    assert sel.stats.lost == {"filter_hold_full": 100}  # the oldest, while the hold was full
+    assert sel.stats.filtered == MAX_HELD  # the end: never matched
+
+
+def test_live_hold_is_bounded_in_bytes() -> None:
+    big = b"x" * 60_000
+    n = MAX_HELD_BYTES // 60_000 + 50
+    msgs = items(m(sip(INVITE, f"c{i}") + big) for i in range(n))
+    msgs += items([m(sip(BYE, f"c{n - 1}", "2 BYE"))])
+    sel = Selector(Criteria(methods=frozenset({"BYE"})), Stats())
+    out = [x[2] for x in sel.live_stage(iter(msgs))]
+    assert cids(out) == [f"c{n - 1}", f"c{n - 1}"]  # the newest dialog was still held
+    per = len(msgs[0][2].payload) + HELD_OVERHEAD
+    lost = sel.stats.lost["filter_hold_full"]
+    assert lost == n - MAX_HELD_BYTES // per  # the oldest went as the bytes bound was passed
+    assert lost + sel.stats.filtered + 1 == n
 
 
 # --- parsing ------------------------------------------------------------------------------

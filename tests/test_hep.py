@@ -990,3 +990,22 @@ def _source_of(func: Callable[..., object]) -> str:
 def test_reason_values_are_lower_case_names() -> None:
     # HEP-SPEC §11: the counter is the lower-case form of the code.
     assert Counter(r.value == r.name.lower() for r in Reason) == Counter({True: len(Reason)})
+
+
+# --- cheap rejection before decoding (issue 16) ---------------------------------------------
+
+
+def test_precheck_auth_tells_the_reasons_apart_without_decoding() -> None:
+    from hep2pcap.hep import auth_needle, precheck_auth
+
+    needle = auth_needle(b"s3cret")
+    key = (0, ChunkType.AUTH_KEY)
+    assert precheck_auth(v3({}, (*key, b"s3cret")), needle) is None
+    assert precheck_auth(v3({}, (*key, b"wrong!")), needle) is Reason.AUTH_MISMATCH
+    assert precheck_auth(v3({}, (*key, b"s3cret+")), needle) is Reason.AUTH_MISMATCH  # exact
+    assert precheck_auth(v3(), needle) is Reason.AUTH_MISSING
+    assert precheck_auth(bytes([2, 16]) + bytes(30), needle) is Reason.V12_AUTH_REQUIRED
+    # a slice of a larger buffer (the receiver checks datagrams where they landed)
+    buf = bytearray(b"junk" + v3({}, (*key, b"s3cret")) + b"tail")
+    assert precheck_auth(buf, needle, 4, len(buf) - 4) is None
+    assert precheck_auth(buf, needle, 4, 40) is Reason.AUTH_MISSING

@@ -1069,3 +1069,44 @@ def _converted(tshark: str, path: Path) -> tuple[str, list[str]]:
         capture_output=True, timeout=60, check=True, cwd=ROOT,
     )  # fmt: skip
     return r.stderr.decode().splitlines()[0], _tshark_rows(tshark, r.stdout)
+
+
+def test_cli_signals_while_starting_are_not_fatal(tmp_path: Path) -> None:
+    # Issue 16: a SIGHUP in the first ~0.1 s killed the process. From the moment the process
+    # catches SIGHUP (very early in the CLI's import) to well after it listens, SIGHUPs keep
+    # coming: none may end it, and a SIGINT still stops it cleanly.
+    p = subprocess.Popen(
+        [sys.executable, "-m", "hep2pcap", "listen", "-l", "udp:127.0.0.1:0",
+         "-w", str(tmp_path / "s.pcapng")],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, cwd=ROOT,
+    )  # fmt: skip
+    status = Path(f"/proc/{p.pid}/status")
+    if not status.exists():
+        p.kill()
+        p.wait(TIMEOUT_S)
+        pytest.skip("no /proc")
+
+    def catches_hup() -> bool:
+        for line in status.read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)))
+        return False
+
+    try:
+        wait_until(catches_hup, what="a SIGHUP handler")
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            assert p.poll() is None, "a SIGHUP ended the process"
+            p.send_signal(signal.SIGHUP)
+            time.sleep(0.02)
+        p.send_signal(signal.SIGINT)
+        assert p.wait(TIMEOUT_S) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(TIMEOUT_S)
+        assert p.stderr is not None
+        err = p.stderr.read().decode()
+        p.stderr.close()
+    assert "Traceback" not in err
+    assert "read 0, wrote 0" in err

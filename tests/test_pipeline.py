@@ -421,6 +421,44 @@ def test_max_pending_bounds_the_window() -> None:
     assert conv.stats.late == 2
 
 
+def test_window_is_bounded_in_bytes() -> None:
+    big = SIP + b"x" * 60_000
+    per = len(big) + pipeline.ITEM_OVERHEAD
+    opts = Options(linktype=LINKTYPE_RAW, window_us=10**12, max_window_bytes=10 * per)
+    writer = RecordingWriter()
+    conv = pipeline.Converter(writer, opts, Stats())
+    for i in range(30):
+        conv.push((T0 + i, i, _msg(payload=big)))
+        assert conv.held_bytes <= 10 * per  # the bound, in bytes, whatever the count
+    assert writer.times == list(range(20))  # the oldest were written, in order
+    assert conv.stats.early == {"window_full": 20}
+    conv.finish()
+    assert writer.times == list(range(30))
+    assert conv.held_bytes == 0
+
+
+def test_live_message_far_ahead_of_the_clock_is_not_held() -> None:
+    # An agent (or attacker) stamping messages 20 h ahead: they wait one window of wall
+    # time among themselves, then are written; the others are neither held nor made late.
+    opts = Options(linktype=LINKTYPE_RAW, window_us=S)
+    writer = RecordingWriter()
+    conv = pipeline.Converter(writer, opts, Stats())
+    hours = 20 * 3600 * S
+    conv.drain_until(T0)
+    conv.push((T0 + hours + 2, 0, _msg()))
+    conv.push((T0 + hours + 1, 1, _msg()))
+    conv.push((T0 + 1, 2, _msg()))
+    conv.drain_until(T0 + S // 2)
+    assert writer.times == []
+    conv.push((T0 + S // 2, 3, _msg()))
+    conv.drain_until(T0 + S + 2)
+    assert writer.times == [hours + 1, hours + 2, 1]  # the far ones after a window of wall time
+    conv.drain_until(T0 + 2 * S)
+    assert writer.times == [hours + 1, hours + 2, 1, S // 2]
+    assert conv.stats.late == 0
+    assert conv.stats.early == {"ahead_of_clock": 2}
+
+
 def test_ticks_drain_by_wall_time() -> None:
     opts = Options(linktype=LINKTYPE_RAW, window_us=2 * S)
     items: list[Record | Problem | Tick] = [
@@ -496,7 +534,7 @@ def test_tcp_seq_continuity_across_messages_both_directions() -> None:
 
 
 def test_udp_payload_truncated_is_noted() -> None:
-    big = b"SIP/2.0 200 OK\r\n" + b"x" * 70_000
+    big = b"SIP/2.0 200 OK\r\n" + b"x" * (65_535 - 16)  # the inflated cap; > 65507
     data = v3({ChunkType.PAYLOAD: None}, (0, ChunkType.COMPRESSED_PAYLOAD, zlib.compress(big)))
     stats, w = run(*records(data))
     assert stats.warnings[Reason.UDP_PAYLOAD_TRUNCATED] == 1
@@ -508,7 +546,7 @@ def test_udp_payload_truncated_is_noted() -> None:
 
 
 def test_tcp_large_payload_gives_several_frames() -> None:
-    big = b"SIP/2.0 200 OK\r\n" + b"x" * 70_000
+    big = b"SIP/2.0 200 OK\r\n" + b"x" * (65_535 - 16)  # the inflated cap
     data = v3(
         {ChunkType.PAYLOAD: None, ChunkType.IP_PROTO: u8(6)},
         (0, ChunkType.COMPRESSED_PAYLOAD, zlib.compress(big)),

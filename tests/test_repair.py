@@ -241,3 +241,21 @@ def test_drop_copies_counts_duplicates_as_skipped() -> None:
     assert out[:2] == items[:2]
     assert len(out) == 2
     assert stats.skipped[Reason.DUPLICATE] == 1
+
+
+def test_partial_messages_held_are_bounded_in_bytes_over_all_flows() -> None:
+    # Many TCP flows, each the start of a message whose Content-Length never comes: past
+    # MAX_HELD_TOTAL bytes the oldest is written as it is (truncated), counted.
+    from hep2pcap import repair
+
+    part = sip_msg(1, b"x" * 60_000)[: 60_000 - 10]  # promises 60000, is short
+    n = repair.MAX_HELD_TOTAL // len(part) + 20
+    stats = Stats()
+    order = itertools.count(0, ARRIVAL_STEP)
+    items = [(T0 + i, next(order), msg(part, sport=10_000 + i)) for i in range(n)]
+    released = 0
+    for item in repair_sip(iter(items), stats, order, resplit=True, hold_us=10**12):
+        released += 1
+        assert Reason.SIP_TRUNCATED in item[2].warnings
+    assert released == n  # all of them in the end (the input ends)
+    assert stats.early["resplit_full"] == n - repair.MAX_HELD_TOTAL // len(part)

@@ -228,3 +228,90 @@ def test_next_file_impossible_capture_goes_on_in_the_current_one(
     files = sorted(outdir.iterdir())
     assert len(files) == 1
     assert len(read_file(files[0])) == 4
+
+
+# --- a capture is never lost in silence (issue 16) -------------------------------------------
+
+
+def test_existing_capture_gets_a_new_section_never_truncated(tmp_path: Path) -> None:
+    from hep2pcap.rotate import RotatingWriter
+
+    out = tmp_path / "c.pcapng"
+    for _ in range(2):
+        w = RotatingWriter(str(out), LINKTYPE_ETHERNET)
+        _write(w, 1)
+        w.close()
+    packets, sections = read_pcapng(out.read_bytes())
+    assert (len(packets), sections) == (2, 2)
+
+
+def test_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path: Path) -> None:
+    from hep2pcap.errors import Hep2PcapError
+    from hep2pcap.rotate import RotatingWriter
+
+    out = tmp_path / "c.pcapng"
+    first = RotatingWriter(str(out), LINKTYPE_ETHERNET)
+    with pytest.raises(Hep2PcapError, match="another process is writing"):
+        RotatingWriter(str(out), LINKTYPE_ETHERNET)
+    first.close()
+    RotatingWriter(str(out), LINKTYPE_ETHERNET).close()  # free again once closed
+
+
+def test_existing_file_that_is_not_a_pcapng_is_refused(tmp_path: Path) -> None:
+    from hep2pcap.errors import Hep2PcapError
+    from hep2pcap.rotate import RotatingWriter
+
+    out = tmp_path / "notes.txt"
+    out.write_text("my notes\n")
+    with pytest.raises(Hep2PcapError, match="not overwriting it"):
+        RotatingWriter(str(out), LINKTYPE_ETHERNET)
+    assert out.read_text() == "my notes\n"
+
+
+def test_block_cut_short_by_a_crash_is_cut_off_before_appending(tmp_path: Path) -> None:
+    from hep2pcap.rotate import RotatingWriter
+
+    out = tmp_path / "c.pcapng"
+    w = RotatingWriter(str(out), LINKTYPE_ETHERNET)
+    _write(w, 1)
+    w.close()
+    whole = out.read_bytes()
+    out.write_bytes(whole + whole[-40:-10])  # half a block, as a SIGKILL inside write() leaves
+    RotatingWriter(str(out), LINKTYPE_ETHERNET).close()
+    data = out.read_bytes()
+    assert data.startswith(whole)
+    packets, _ = read_pcapng(data)
+    assert len(packets) == 1
+
+
+def test_removed_file_is_recreated_and_its_packets_counted(tmp_path: Path) -> None:
+    from hep2pcap.rotate import RotatingWriter
+
+    out = tmp_path / "c.pcapng"
+    w = RotatingWriter(str(out), LINKTYPE_ETHERNET)
+    _write(w, 3)
+    w.flush()
+    out.unlink()
+    w.flush()
+    assert out.exists()
+    assert w.lost == {"output_removed": 3}
+    _write(w, 1)
+    w.close()
+    assert len(read_pcapng(out.read_bytes())[0]) == 1
+
+
+def test_removed_folder_is_an_error(tmp_path: Path) -> None:
+    from hep2pcap.errors import Hep2PcapError
+    from hep2pcap.rotate import RotatingWriter
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    out = folder / "c.pcapng"
+    w = RotatingWriter(str(out), LINKTYPE_ETHERNET)
+    _write(w, 1)
+    w.flush()
+    out.unlink()
+    folder.rmdir()
+    with pytest.raises(Hep2PcapError, match="removed while being written"):
+        w.flush()
+    assert w.lost == {"output_removed": 1}

@@ -10,7 +10,20 @@ flushed by wall time. Also the ``--forward`` relay, which never blocks the captu
 
 Must never: decode HEP (that is ``pipeline.iter_messages``), let the receiver wait on
 conversion or disk, or grow without bound: what waits for conversion is capped in bytes (UDP
-beyond it is dropped and counted, TCP is simply not read until there is room).
+beyond it is dropped and counted per listener, TCP is simply not read until there is room).
+
+Fairness: the backlog is shared between the classes of source — UDP, TCP and TLS — that are
+active (ready, or with bytes waiting): each may hold an equal share of it (a FIFO ledger
+tells how much of the backlog each class holds). Within a class, each round's room is split
+between its ready listeners or connections; a share one does not use goes to the next. So
+one fast TCP peer cannot keep the backlog full while UDP agents lose datagrams.
+
+With ``--password`` (and ``--allow``) a message that cannot pass is rejected here, before it
+costs a decode or a trip to the converting process (:func:`hep2pcap.hep.precheck_auth`);
+only the first few of each reason travel as problems (to be logged), the rest as counts.
+When the connection table is full, a new connection displaces the one whose last complete
+HEP message (or accept) is oldest, if it has been quiet for DISPLACE_QUIET_US; single bytes
+reset nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import ipaddress
+import logging
 import multiprocessing
 import os
 import pickle
@@ -33,9 +47,10 @@ import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from ..errors import DecodeError, Hep2PcapError, Reason
+from ..hep import auth_needle, precheck_auth
 from ..pipeline import Problem, Record, Tick
 from ..stats import Stats
 from .tcp import TcpConnection, TcpListener, peer_text
@@ -55,6 +70,20 @@ SELECT_TIMEOUT_S = 0.1
 FINAL_DRAIN_BATCHES = 256
 #: How long close() waits for the receiver thread.
 JOIN_TIMEOUT_S = 5.0
+#: After the first stop request, what was received is converted for at most this long;
+#: the rest is counted as not converted (so a stop ends within a couple of seconds).
+STOP_DRAIN_S = 1.0
+#: A full connection table: the quietest connection is displaced only when it has sent no
+#: complete HEP message for this long (else the new one is refused).
+DISPLACE_QUIET_US = 1_000_000
+#: Rejections before decoding (auth, allow-list) sent on as problems per reason (the first
+#: ones are logged); past this they are only counted.
+EARLY_PROBLEMS = 5
+#: Connection failures (TLS handshake, desync, error, idle, displaced) logged with the peer,
+#: per kind; past this they are counted only.
+LOG_LIMIT = 5
+
+log = logging.getLogger("hep2pcap")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +98,13 @@ class LiveOptions:
         tcp_idle_timeout_s: close a TCP/TLS connection silent for this long.
         max_connections: TCP/TLS connections open at once; more are refused and counted.
         tick_s: at most this long between two ticks (window drain and flush).
-        max_backlog_bytes: received bytes waiting for conversion, at most.
+        max_backlog_bytes: received bytes waiting for conversion, at most (shared fairly
+            between the sources, see the module docstring).
         receiver: receive in a child process (so receiving never waits for the converting
             thread's GIL) or in a thread of this process.
+        password: when set, messages that cannot carry this auth key are rejected before
+            decoding (the pipeline still checks the key exactly).
+        log_limit: connection failures logged per kind (``None``: all).
     """
 
     endpoints: tuple[Endpoint, ...]
@@ -83,6 +116,8 @@ class LiveOptions:
     tick_s: float = 0.25
     max_backlog_bytes: int = 256 * 1024 * 1024
     receiver: Literal["process", "thread"] = "process"
+    password: bytes | None = None
+    log_limit: int | None = LOG_LIMIT
 
 
 class AllowList:
@@ -133,14 +168,25 @@ class Forwarder:
         endpoint: the upstream (``udp:`` or ``tcp:``).
         max_queue: messages waiting to be sent, at most.
         timeout_s: connect and send timeout for TCP.
+        max_queue_bytes: bytes waiting to be sent, at most (about: the sender thread's
+            share of the count is read without a lock).
     """
 
-    def __init__(self, endpoint: Endpoint, max_queue: int = 20_000, timeout_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        max_queue: int = 20_000,
+        timeout_s: float = 2.0,
+        max_queue_bytes: int = 32 * 1024 * 1024,
+    ) -> None:
         self.endpoint = endpoint
         self.sent = 0
         self.queue_drops = 0  # written by the caller's thread only
         self.send_drops = 0  # written by the forwarder thread only
         self._max = max_queue
+        self._max_bytes = max_queue_bytes
+        self._queued_in = 0  # bytes put, by the caller's thread
+        self._queued_out = 0  # bytes taken, by the forwarder thread
         self._stream = endpoint.scheme != "udp"
         self._timeout_s = timeout_s
         self._queue: deque[bytes] = deque()
@@ -160,9 +206,14 @@ class Forwarder:
         Over TCP only HEPv3 can be sent (v1/v2 have no length to frame by): others are
         dropped and counted too.
         """
-        if len(self._queue) >= self._max or (self._stream and not data.startswith(b"HEP3")):
+        if (
+            len(self._queue) >= self._max
+            or self._queued_in - self._queued_out + len(data) > self._max_bytes
+            or (self._stream and not data.startswith(b"HEP3"))
+        ):
             self.queue_drops += 1
             return
+        self._queued_in += len(data)
         self._queue.append(data)
         if not self._wake.is_set():
             if self._thread.ident is None:
@@ -203,6 +254,7 @@ class Forwarder:
                     wake.wait(0.5)
                 continue
             data = queue.popleft()
+            self._queued_out += len(data)
             if sock is None:
                 if time.monotonic() < retry_at:
                     self.send_drops += 1
@@ -247,15 +299,28 @@ class _Receiver:
         self.items = 0  # records and problems handed on
         self.enqueued_bytes = 0
         self.receive_drops = 0
+        self.drops_by: Counter[str] = Counter()  # receive_drops by UDP listener
+        self.rejected: Counter[Reason] = Counter()  # rejected before decoding, by reason
         self.connections: Counter[str] = Counter()
         self.conns: dict[int, TcpConnection] = {}
+        self.needle = auth_needle(options.password) if options.password is not None else None
+        self.logged: Counter[str] = Counter()
+        #: where connection failures are logged (the process driver sends them to its parent)
+        self.note: Callable[[str], None] = lambda text: log.warning("%s", text)
+        self.last_bytes = 0  # bytes the last read_udp took
+        # Bytes in the backlog by class (udp, tcp, tls), kept with a first-in-first-out
+        # ledger of [class, bytes] entries settled against the backlog's size each round.
+        self._held: dict[str, int] = {}
+        self._ledger: deque[list[Any]] = deque()
+        self._ledger_in = 0
+        self._ledger_out = 0
         self.woke: list[tuple[object, int]] = []  # the driver's own file descriptors
         self._seq = 0
         self._idle_us = round(options.tcp_idle_timeout_s * 1_000_000)
         self._next_idle_check = 0
         # A placeholder without a file descriptor; register() makes the real one.
         self.sel: selectors.BaseSelector = selectors.SelectSelector()
-        self.read_udp: Callable[[socket.socket, int, list[Record | Problem], bool], int] = (
+        self.read_udp: Callable[[UdpListener, int, list[Record | Problem], bool, int], int] = (
             self._read_udp
         )
 
@@ -270,27 +335,55 @@ class _Receiver:
         self._next_idle_check = _now_us() + IDLE_CHECK_US
 
     def step(self, timeout_s: float) -> list[Record | Problem]:
-        """One round: wait, receive, frame, close idle connections."""
+        """One round: wait, receive (each class of source within its share of the
+        backlog), frame, close idle connections."""
         events = self.sel.select(timeout_s)
         now_us = _now_us()
         out: list[Record | Problem] = []
-        full = self.backlog() > self.options.max_backlog_bytes
+        held = self._settle_ledger()
         throttled = False
         self.woke.clear()
+        ready: dict[str, list[UdpListener] | list[TcpConnection]] = {}
         for key, mask in events:
             obj = key.data
             if type(obj) is UdpListener:
-                self.read_udp(obj.sock, now_us, out, full)
+                ready.setdefault("udp", []).append(obj)  # type: ignore[arg-type]
             elif type(obj) is TcpConnection:
-                if full and not obj.handshaking:
-                    throttled = True
-                    obj.last_us = now_us  # waiting for us, not idle
-                    continue
-                self._read_conn(obj, now_us, out)
+                if obj.handshaking:
+                    self._read_conn(obj, now_us, out, 1 << 20)
+                else:
+                    ready.setdefault(obj.scheme, []).append(obj)  # type: ignore[arg-type]
             elif type(obj) is TcpListener:
                 self._accept(obj, now_us, out)
             else:
                 self.woke.append((obj, mask))
+        # Each class (udp, tcp, tls) that is ready or has bytes waiting may hold an equal
+        # share of the backlog; within a class, the room left is split between the ready
+        # sources (what one does not take goes to the next). A class past its share: UDP is
+        # read and dropped (counted per listener), TCP/TLS are not read (left in the kernel).
+        active = len(set(ready) | {c for c, n in held.items() if n > 0})
+        cap = self.options.max_backlog_bytes
+        share = cap // max(1, active)
+        full = self.backlog() >= cap  # the whole backlog, whoever holds it
+        for cls, members in ready.items():
+            room = share - held.get(cls, 0) if not full else 0
+            took = 0
+            for j, src in enumerate(members):
+                budget = (room - took) // (len(members) - j) if room > took else 0
+                if type(src) is UdpListener:
+                    self.read_udp(src, now_us, out, room <= 0, budget)
+                    took += self.last_bytes
+                else:
+                    assert type(src) is TcpConnection
+                    if budget <= 0:
+                        throttled = True
+                        src.last_us = max(src.last_us, now_us - self._idle_us // 2)  # not idle
+                        continue
+                    took += self._read_conn(src, now_us, out, budget)
+            if took:
+                self._ledger.append([cls, took])
+                held[cls] = held.get(cls, 0) + took
+                self._ledger_in += took
         if now_us >= self._next_idle_check:
             self._next_idle_check = now_us + IDLE_CHECK_US
             for conn in list(self.conns.values()):
@@ -301,13 +394,48 @@ class _Receiver:
         self.items += len(out)
         return out
 
+    def _settle_ledger(self) -> dict[str, int]:
+        # The backlog is first in, first out: what the pipeline took since the last round
+        # comes off the oldest ledger entries. Returns the bytes each class holds now.
+        gone = self._ledger_in - self.backlog() - self._ledger_out
+        ledger = self._ledger
+        held = self._held
+        while gone > 0 and ledger:
+            entry = ledger[0]
+            n = min(gone, entry[1])
+            entry[1] -= n
+            held[entry[0]] -= n
+            gone -= n
+            self._ledger_out += n
+            if not entry[1]:
+                ledger.popleft()
+        return held
+
+    def early_reject(self, reason: Reason, where: str, out: list[Record | Problem]) -> None:
+        """A message rejected before decoding: the first few go on as problems (logged by
+        the pipeline), the rest are counted here."""
+        n = self.rejected[reason]
+        if n < EARLY_PROBLEMS:
+            out.append(Problem(reason, self._next_seq(), where, reason is not Reason.NOT_ALLOWED))
+        self.rejected[reason] = n + 1
+
+    def log_once(self, kind: str, text: str) -> None:
+        """Log a connection failure with its peer: the first ``log_limit`` of each kind."""
+        n = self.logged[kind]
+        self.logged[kind] = n + 1
+        limit = self.options.log_limit
+        if limit is None or n < limit:
+            self.note(text)
+            if n + 1 == limit:
+                self.note(f"(further {kind} connections are counted, not shown)")
+
     def drain_udp(self) -> Iterator[list[Record | Problem]]:
         """Stopping: read what the UDP sockets still hold, so it is not lost with them."""
         now_us = _now_us()
         for u in self.udp:
             for _ in range(FINAL_DRAIN_BATCHES):
                 out: list[Record | Problem] = []
-                if not self.read_udp(u.sock, now_us, out, False):
+                if not self.read_udp(u, now_us, out, False, 1 << 62):
                     break
                 self.items += len(out)
                 yield out
@@ -319,14 +447,17 @@ class _Receiver:
         self.sel.close()
 
     def _read_udp(
-        self, sock: socket.socket, now_us: int, out: list[Record | Problem], drop: bool
+        self, lst: UdpListener, now_us: int, out: list[Record | Problem], drop: bool, budget: int
     ) -> int:
-        """Read up to UDP_BATCH datagrams into ``out``; return how many were read."""
-        recvfrom = sock.recvfrom
-        allow = self.allow
+        """Read up to UDP_BATCH datagrams (about ``budget`` bytes) into ``out``, or read and
+        drop them (counted) with ``drop``; return how many were read."""
+        recvfrom = lst.sock.recvfrom
+        allow, needle = self.allow, self.needle
         seq = self._seq
         nbytes = n = nrec = 0
         for _ in range(UDP_BATCH):
+            if nbytes >= budget and not drop:
+                break
             try:
                 data, addr = recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
@@ -336,11 +467,20 @@ class _Receiver:
             n += 1
             if drop:
                 self.receive_drops += 1
+                self.drops_by[lst.name] += 1
                 continue
             if allow is not None and not allow.allows(addr[0]):
-                out.append(Problem(Reason.NOT_ALLOWED, seq, f"udp datagram from {peer_text(addr)}"))
-                seq += 1
+                self._seq = seq
+                self.early_reject(Reason.NOT_ALLOWED, f"udp datagram from {peer_text(addr)}", out)
+                seq = self._seq
                 continue
+            if needle is not None:
+                reason = precheck_auth(data, needle)
+                if reason is not None:
+                    self._seq = seq
+                    self.early_reject(reason, f"udp datagram from {peer_text(addr)}", out)
+                    seq = self._seq
+                    continue
             out.append(Record(data, now_us, seq))
             seq += 1
             nrec += 1
@@ -349,6 +489,7 @@ class _Receiver:
         self._seq = seq
         self.received += n
         self.enqueued_bytes += nbytes
+        self.last_bytes = nbytes
         return n
 
     def _accept(self, lst: TcpListener, now_us: int, out: list[Record | Problem]) -> None:
@@ -366,9 +507,10 @@ class _Receiver:
                 self.connections["not_allowed"] += 1
                 out.append(Problem(Reason.NOT_ALLOWED, self._next_seq(), f"{peer} connection"))
                 continue
-            if len(self.conns) >= self.options.max_connections:
+            if len(self.conns) >= self.options.max_connections and not self._displace(now_us, out):
                 sock.close()
                 self.connections["refused_max_connections"] += 1
+                self.log_once("refused_max_connections", f"{peer}: refused, connection table full")
                 continue
             sock.setblocking(False)
             if lst.tls is not None:
@@ -376,35 +518,57 @@ class _Receiver:
                     sock = lst.tls.wrap_socket(
                         sock, server_side=True, do_handshake_on_connect=False
                     )
-                except (ssl.SSLError, OSError):
+                except (ssl.SSLError, OSError) as exc:
                     sock.close()
                     self.connections["tls_handshake_failed"] += 1
+                    self.log_once("tls_handshake_failed", f"{peer}: tls_handshake_failed: {exc}")
                     continue
             conn = TcpConnection(sock, peer, now_us, tls=lst.tls is not None)
             self.conns[sock.fileno()] = conn
             self.sel.register(sock, selectors.EVENT_READ, conn)
             self.connections["accepted"] += 1
 
-    def _read_conn(self, conn: TcpConnection, now_us: int, out: list[Record | Problem]) -> None:
+    def _displace(self, now_us: int, out: list[Record | Problem]) -> bool:
+        # Full table: close the connection that sent the least complete HEP for the longest
+        # (never a message first, then the oldest last message), if quiet long enough.
+        victim = min(self.conns.values(), key=lambda c: (c.messages > 0, c.last_us))
+        if now_us - victim.last_us < DISPLACE_QUIET_US:
+            return False
+        self._close(victim, victim.truncate(), "displaced", out)
+        return True
+
+    def _read_conn(
+        self, conn: TcpConnection, now_us: int, out: list[Record | Problem], budget: int
+    ) -> int:
         was_handshaking = conn.handshaking
-        res = conn.on_readable(now_us)
+        res = conn.on_readable(now_us, budget)
         if res.messages:
             seq = self._seq
-            nbytes = 0
+            nbytes = nrec = 0
+            needle = self.needle
             for data in res.messages:
+                if needle is not None:
+                    reason = precheck_auth(data, needle)
+                    if reason is not None:
+                        self._seq = seq
+                        self.early_reject(reason, f"{conn.peer} message", out)
+                        seq = self._seq
+                        continue
                 out.append(Record(data, now_us, seq))
                 seq += 1
                 nbytes += len(data)
+                nrec += 1
             self._seq = seq
             self.received += len(res.messages)
-            self.records += len(res.messages)
+            self.records += nrec
             self.enqueued_bytes += nbytes
         if res.closed is not None:
             self._close(conn, res.problem, res.closed, out)
-            return
+            return res.nbytes
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if res.want_write else 0)
         if res.want_write or (was_handshaking and not conn.handshaking):
             self.sel.modify(conn.sock, events, conn)
+        return res.nbytes
 
     def _close(
         self,
@@ -425,6 +589,9 @@ class _Receiver:
         if kind == "desync":
             kind = f"{conn.scheme}_desync"
         self.connections[kind] += 1
+        if kind not in ("eof", "shutdown"):
+            detail = f" ({problem.reason.value})" if problem is not None else ""
+            self.log_once(kind, f"{conn.peer}: {why}{detail}")
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(conn.sock)
         self.conns.pop(conn.sock.fileno(), None)
@@ -444,6 +611,8 @@ class _Final:
     items: int = 0
     receive_drops: int = 0
     connections: Counter[str] = field(default_factory=Counter)
+    drops_by: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[Reason] = field(default_factory=Counter)
 
 
 class _ThreadDriver(threading.Thread):
@@ -515,7 +684,9 @@ class _ThreadDriver(threading.Thread):
         if self.is_alive():
             self.join(JOIN_TIMEOUT_S)
         rx = self.rx
-        return _Final(rx.received, rx.items, rx.receive_drops, rx.connections)
+        return _Final(
+            rx.received, rx.items, rx.receive_drops, rx.connections, rx.drops_by, rx.rejected
+        )
 
 
 #: Scheduling priority the receiver process asks for (works with CAP_SYS_NICE, else ignored).
@@ -524,7 +695,7 @@ RECEIVER_NICE = -10
 _RECEIVED, _ITEMS, _RECEIVE_DROPS, _BACKLOG, _CONNS = range(5)
 #: One unit on the pipe: kind, length of what follows, receive time (records).
 _UNIT = struct.Struct("<BIq")
-_KIND_RECORD, _KIND_PROBLEM, _KIND_END = 0, 1, 2
+_KIND_RECORD, _KIND_PROBLEM, _KIND_END, _KIND_LOG = 0, 1, 2, 3
 #: Bytes packed before they are written to the pipe.
 BATCH_BYTES = 256 * 1024
 #: Linux fcntl to enlarge a pipe (F_SETPIPE_SZ); 1 MiB is the default unprivileged maximum.
@@ -582,8 +753,8 @@ class _ProcessDriver:
         os.close(data_w)
         os.close(ctl_r)
         os.set_blocking(self.data_r, False)
-        self.end: dict[str, int] = {}
-        self.asked = False
+        self.end: dict[str, dict[str, int]] = {}
+        self.asked: bytes | None = None
         self._rest = b""
         self._seq = 0
 
@@ -616,9 +787,11 @@ class _ProcessDriver:
                     items.append(Record(data[pos + head : end], ts_us, seq))
                     seq += 1
                 elif kind == _KIND_PROBLEM:
-                    reason, detail = pickle.loads(data[pos + head : end])
-                    items.append(Problem(Reason(reason), seq, detail))
+                    reason, detail, read = pickle.loads(data[pos + head : end])
+                    items.append(Problem(Reason(reason), seq, detail, read))
                     seq += 1
+                elif kind == _KIND_LOG:
+                    log.warning("%s", bytes(data[pos + head : end]).decode(errors="replace"))
                 else:
                     self.end = pickle.loads(data[pos + head : end])
                 pos = end
@@ -628,10 +801,12 @@ class _ProcessDriver:
                 yield items
 
     def request_stop(self, *, drain: bool) -> None:
-        if not self.asked:
-            self.asked = True
+        # "d": stop receiving, hand over what was received; "q" (also after "d"): no more.
+        word = b"d" if drain else b"q"
+        if self.asked is None or (self.asked == b"d" and word == b"q"):
+            self.asked = word
             with contextlib.suppress(OSError):
-                os.write(self.ctl_w, b"d" if drain else b"q")
+                os.write(self.ctl_w, word)
 
     def status(self) -> tuple[int, int, int]:
         sh = self.shared
@@ -652,7 +827,15 @@ class _ProcessDriver:
             with contextlib.suppress(OSError):
                 os.close(fd)
         sh = self.shared
-        return _Final(sh[_RECEIVED], sh[_ITEMS], sh[_RECEIVE_DROPS], Counter(self.end))
+        end = self.end
+        return _Final(
+            sh[_RECEIVED],
+            sh[_ITEMS],
+            sh[_RECEIVE_DROPS],
+            Counter(end.get("connections", {})),
+            Counter(end.get("drops_by", {})),
+            Counter({Reason(k): v for k, v in end.get("rejected", {}).items()}),
+        )
 
 
 class _Packer:
@@ -668,17 +851,19 @@ class _Packer:
         self.held = 0  # bytes packed or pending, not yet in the pipe
 
     def read_udp(
-        self, sock: socket.socket, now_us: int, out: list[Record | Problem], drop: bool
+        self, lst: UdpListener, now_us: int, out: list[Record | Problem], drop: bool, budget: int
     ) -> int:
         """Like ``_Receiver._read_udp``, but each datagram lands in the outgoing buffer."""
         rx = self.rx
-        recv_into = sock.recvfrom_into
+        recv_into = lst.sock.recvfrom_into
         pack_into = _UNIT.pack_into
         view, buf, head = self.view, self.buf, _UNIT.size
-        allow = rx.allow
+        allow, needle = rx.allow, rx.needle
         pos = self.pos
         n = nrec = nbytes = 0
         for _ in range(UDP_BATCH):
+            if nbytes >= budget and not drop:
+                break
             if pos >= BATCH_BYTES:
                 self.held += pos - self.pos
                 self.pos = pos
@@ -693,10 +878,16 @@ class _Packer:
             n += 1
             if drop:
                 rx.receive_drops += 1
+                rx.drops_by[lst.name] += 1
                 continue
             if allow is not None and not allow.allows(addr[0]):
-                out.append(Problem(Reason.NOT_ALLOWED, 0, f"udp datagram from {peer_text(addr)}"))
+                rx.early_reject(Reason.NOT_ALLOWED, f"udp datagram from {peer_text(addr)}", out)
                 continue
+            if needle is not None:
+                reason = precheck_auth(buf, needle, pos + head, pos + head + size)
+                if reason is not None:
+                    rx.early_reject(reason, f"udp datagram from {peer_text(addr)}", out)
+                    continue
             pack_into(buf, pos, _KIND_RECORD, size, now_us)
             pos += head + size
             nrec += 1
@@ -707,6 +898,7 @@ class _Packer:
         rx.records += nrec
         rx.items += nrec
         rx.enqueued_bytes += nbytes
+        rx.last_bytes = nbytes
         return n
 
     def add(self, items: list[Record | Problem]) -> None:
@@ -716,11 +908,22 @@ class _Packer:
                 self._unit(_KIND_RECORD, item.data, item.ts_us if item.ts_us is not None else 0)
             else:
                 assert type(item) is Problem
-                self._unit(_KIND_PROBLEM, pickle.dumps((item.reason.value, item.detail)), 0)
+                self._unit(
+                    _KIND_PROBLEM, pickle.dumps((item.reason.value, item.detail, item.read)), 0
+                )
 
-    def add_end(self, connections: Counter[str]) -> None:
-        """The last unit: the connection counters."""
-        self._unit(_KIND_END, pickle.dumps(dict(connections)), 0)
+    def add_log(self, text: str) -> None:
+        """A line for the parent to log (connection failures)."""
+        self._unit(_KIND_LOG, text.encode(), 0)
+
+    def add_end(self, rx: _Receiver) -> None:
+        """The last unit: the receiver's counters."""
+        end = {
+            "connections": dict(rx.connections),
+            "drops_by": dict(rx.drops_by),
+            "rejected": {r.value: n for r, n in rx.rejected.items()},
+        }
+        self._unit(_KIND_END, pickle.dumps(end), 0)
 
     def _unit(self, kind: int, data: bytes, value: int) -> None:
         if self.pos + _UNIT.size + len(data) > len(self.buf):
@@ -784,6 +987,7 @@ def _child_main(
     packer = _Packer(rx, data_w)
     rx.read_udp = packer.read_udp
     rx.backlog = lambda: packer.held
+    rx.note = packer.add_log
 
     def publish() -> None:
         shared[_RECEIVED] = rx.received
@@ -802,7 +1006,8 @@ def _child_main(
             if out:
                 packer.add(out)
             if rx.woke and any(type(obj) is _Ctl for obj, _ in rx.woke):
-                drain = os.read(ctl_r, 16).startswith(b"d")  # b"" when the parent died
+                word = os.read(ctl_r, 16)  # b"" when the parent died
+                drain = word.startswith(b"d") and b"q" not in word
                 break
             blocked = not packer.flush()
             if blocked != waiting_to_write:
@@ -819,7 +1024,13 @@ def _child_main(
             packer.discard()  # not wanted any more: counted as not converted
         rx.shutdown()
         publish()
-        packer.add_end(rx.connections)
+        # Hand over what is packed, until the parent says it wants no more ("q").
+        while drain and not packer.flush():
+            ready = select.select([ctl_r], [data_w], [], 1.0)[0]
+            if ctl_r in ready:
+                os.read(ctl_r, 16)
+                packer.discard()
+        packer.add_end(rx)
         os.set_blocking(data_w, True)
         packer.flush()
     except (BrokenPipeError, ConnectionResetError):
@@ -966,17 +1177,28 @@ class LiveSource:
         deadline = now + self.duration_s if self.duration_s is not None else None
         stats, count, forward = self.stats, self.count, self.forward
         careful = count is not None or forward is not None
+        stop_by: float | None = None  # after a stop request: convert until then, no longer
+        monotonic = time.monotonic
         for batch in driver.batches(tick_s):
             if self._stop_now:
                 return
             if self._stopping:
-                driver.request_stop(drain=True)  # then batches end once all is in
+                if stop_by is None:
+                    stop_by = monotonic() + STOP_DRAIN_S
+                    driver.request_stop(drain=True)  # then batches end once all is in
+                elif monotonic() > stop_by:
+                    return  # the rest is counted as not converted
             if batch is not None:
                 self._items_seen += len(batch)
-                if not careful:
+                if not careful and not self._stopping:
                     yield from batch
                 else:
                     for i, item in enumerate(batch):
+                        if self._stopping and (
+                            self._stop_now or (stop_by is not None and monotonic() > stop_by)
+                        ):
+                            self._items_seen -= len(batch) - i
+                            return
                         if type(item) is not Record:
                             yield item
                             continue
@@ -988,7 +1210,7 @@ class LiveSource:
                         if (count is not None and _accepted(stats) >= count) or self._stop_now:
                             self._items_seen -= len(batch) - i - 1
                             return
-            now = time.monotonic()
+            now = monotonic()
             if now >= next_tick:
                 next_tick = now + tick_s
                 if deadline is not None and now >= deadline:
@@ -1007,8 +1229,21 @@ class LiveSource:
         if self._driver is not None:
             final = self._driver.finish()
             stats.connections.update(final.connections)
-            # Received but never handed to the pipeline (stop(now=True), -c N reached).
-            stats.receive_drops += final.receive_drops + max(0, final.items - self._items_seen)
+            # Received but never handed to the pipeline (stop(now=True), -c N reached, the
+            # stop's time was up).
+            unseen = max(0, final.items - self._items_seen)
+            stats.receive_drops += final.receive_drops + unseen
+            stats.receive_drops_by.update(final.drops_by)
+            if unseen:
+                stats.receive_drops_by["at stop"] += unseen
+            # Rejected before decoding, past the first few sent on as problems.
+            for reason, n in final.rejected.items():
+                extra = max(0, n - EARLY_PROBLEMS)
+                if reason is Reason.NOT_ALLOWED:
+                    stats.input_problems[reason] += extra
+                else:
+                    stats.read += extra
+                    stats.dropped[reason] += extra
         self._close_sockets()
         stats.kernel_drops = self.kernel_drops() if self.udp else None
         if self.forward is not None:

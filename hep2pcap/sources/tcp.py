@@ -1,9 +1,10 @@
 """TCP and TLS listening sockets for live HEP (HEP-SPEC §5: v3 framed by its length field).
 
 Owns: the listening socket, the server TLS context, and one connection's state — the
-non-blocking TLS handshake, reads, and framing with :class:`HepDeframer`, whose buffer is
-bounded by one message (65535 bytes) plus one read. Must never: decode HEP, block, or keep
-a connection whose stream stopped looking like HEP (HEP-SPEC §11: STREAM_DESYNC).
+non-blocking TLS handshake, reads (at most a budget of bytes), and framing with
+:class:`HepDeframer`, whose buffer is bounded by one message (65535 bytes) plus one read.
+Must never: decode HEP, block, or keep a connection whose stream stopped looking like HEP
+(HEP-SPEC §11: STREAM_DESYNC).
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ class ReadResult:
     problem: DecodeError | None = None
     closed: str | None = None  # why the connection ended: "eof", "desync", "error", "tls"
     want_write: bool = False
+    nbytes: int = 0  # bytes read
 
 
 class TcpConnection:
@@ -129,13 +131,16 @@ class TcpConnection:
         tls: True when ``sock`` is an SSLSocket whose handshake is still to be done.
     """
 
-    __slots__ = ("deframer", "handshaking", "last_us", "peer", "scheme", "sock")
+    __slots__ = ("deframer", "handshaking", "last_us", "messages", "peer", "scheme", "sock")
 
     def __init__(self, sock: socket.socket, peer: str, now_us: int, *, tls: bool) -> None:
         self.sock = sock
         self.peer = peer
         self.scheme = "tls" if tls else "tcp"
+        #: accept time, then the time of the last complete HEP message: bytes that do not
+        #: complete a message (a peer dripping single bytes) do not count as activity
         self.last_us = now_us
+        self.messages = 0  # complete messages framed
         self.handshaking = tls
         self.deframer = HepDeframer()
 
@@ -144,8 +149,9 @@ class TcpConnection:
         """Stream offset of the first byte not yet framed."""
         return self.deframer.offset
 
-    def on_readable(self, now_us: int) -> ReadResult:
-        """Handshake or read what is there; frame it. Never blocks."""
+    def on_readable(self, now_us: int, budget: int = 1 << 62) -> ReadResult:
+        """Handshake or read what is there (at most about ``budget`` bytes); frame it.
+        Never blocks."""
         res = ReadResult()
         if self.handshaking:
             try:
@@ -160,9 +166,13 @@ class TcpConnection:
                 return res
             self.handshaking = False
             self.last_us = now_us
+        want = READ_SIZE
         for _ in range(READS_PER_WAKE):
+            want = min(READ_SIZE, budget)
+            if want <= 0:
+                break
             try:
-                data = self.sock.recv(READ_SIZE)
+                data = self.sock.recv(want)
             except (BlockingIOError, ssl.SSLWantReadError):
                 break
             except ssl.SSLWantWriteError:
@@ -174,7 +184,8 @@ class TcpConnection:
             if not data:
                 self._end(res, "eof")
                 break
-            self.last_us = now_us
+            budget -= len(data)
+            res.nbytes += len(data)
             try:
                 res.messages.extend(self.deframer.feed(data))
                 # Messages before a broken header come back first; the error is raised by
@@ -184,10 +195,13 @@ class TcpConnection:
                 res.problem = exc
                 res.closed = "desync"
                 break
-            if len(data) < READ_SIZE and not (
+            if len(data) < want and not (
                 isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()
             ):
                 break
+        if res.messages:
+            self.last_us = now_us
+            self.messages += len(res.messages)
         return res
 
     def _end(self, res: ReadResult, why: str) -> None:

@@ -150,6 +150,7 @@ class UdpListener:
         self.rcvbuf_requested = rcvbuf
         self.rcvbuf = set_rcvbuf(self.sock, rcvbuf)
         self.address = bound_endpoint(endpoint, self.sock)
+        self.name = str(self.address)  # names this source in the loss counters
         self._last_drops: int | None = None
 
     def kernel_drops(self) -> int | None:

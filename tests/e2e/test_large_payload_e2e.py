@@ -1,6 +1,7 @@
 """Payloads bigger than one IP packet (only possible with compressed HEP payloads).
 
-A zlib-compressed INVITE of ~100 kB fits in one HEP message. Over TCP it must become several
+A zlib-compressed INVITE of 65,535 bytes (the inflated cap, HEP-SPEC §7) fits in one HEP
+message, and is larger than one IP packet can carry. Over TCP it must become several
 segments that Wireshark reassembles into one SIP message; over UDP it cannot be sent whole
 and is cut to the largest datagram (counted, noted in the comment). Also pinned here:
 sngrep 1.6 ignores any SIP message above 10240 bytes, whatever the transport.
@@ -29,10 +30,22 @@ CRLF = "\r\n"
 T0_US = 1_764_200_000_000_000
 
 
-def sip_invite(call_id: str, body_size: int, transport: str) -> bytes:
+def sip_invite(call_id: str, body_size: int, transport: str, total: int | None = None) -> bytes:
+    """An INVITE with ``body_size`` bytes of SDP padding, or exactly ``total`` bytes long."""
     body = "v=0\r\n" + "".join(
         f"a=x-pad-{n:05d}:{'0123456789' * 8}\r\n" for n in range(body_size // 100)
     )
+    if total is not None:
+        fill = 0
+        for _ in range(3):  # the Content-Length digits may move the total once
+            body = f"v=0\r\na=x-fill:{'0' * fill}\r\n"
+            fill += total - len(_invite(call_id, transport, body))
+        body = f"v=0\r\na=x-fill:{'0' * fill}\r\n"
+        assert len(_invite(call_id, transport, body)) == total
+    return _invite(call_id, transport, body)
+
+
+def _invite(call_id: str, transport: str, body: str) -> bytes:
     head = [
         "INVITE sip:bob@example.com SIP/2.0",
         f"Via: SIP/2.0/{transport} client.example.com:5060;branch=z9hG4bK-{call_id}",
@@ -61,11 +74,14 @@ def sip_response(call_id: str, transport: str) -> bytes:
     return (CRLF.join(head) + CRLF + CRLF).encode()
 
 
-def write_exchange(path: Path, proto: int, a: str, b: str, body_size: int) -> bytes:
-    """INVITE (compressed, ``body_size`` bytes of SDP) then a 486; returns the INVITE."""
+def write_exchange(
+    path: Path, proto: int, a: str, b: str, body_size: int, total: int | None = None
+) -> bytes:
+    """INVITE (compressed, ``body_size`` bytes of SDP, or ``total`` bytes long) then a 486;
+    returns the INVITE."""
     transport = "UDP" if proto == 17 else "TCP"
     call_id = f"large-{proto}-{ipaddress.ip_address(a).version}-{body_size}"
-    invite = sip_invite(call_id, body_size, transport)
+    invite = sip_invite(call_id, body_size, transport, total)
     src, dst = ipaddress.ip_address(a).packed, ipaddress.ip_address(b).packed
     msgs = [
         HepMessage(3, proto, src, dst, 40000, 5060, T0_US, invite, capture_id=9),
@@ -83,8 +99,8 @@ def test_large_tcp_payload_becomes_segments(
     a: str, b: str, tmp_path: Path, tshark: str, wireshark_env: dict[str, str]
 ) -> None:
     src = tmp_path / "large.hep"
-    invite = write_exchange(src, 6, a, b, 100_000)
-    assert len(invite) > 65_535
+    invite = write_exchange(src, 6, a, b, 0, total=65_535)
+    assert len(invite) == 65_535  # the inflated cap: more than one IP packet carries
     out = tmp_path / "out.pcapng"
     proc = run_convert([src], out)
     assert b"read 2, wrote 2 (3 frames)" in proc.stderr
@@ -116,7 +132,7 @@ def test_large_udp_payload_is_cut_and_counted(
     tmp_path: Path, tshark: str, wireshark_env: dict[str, str]
 ) -> None:
     src = tmp_path / "large.hep"
-    invite = write_exchange(src, 17, "10.9.0.1", "10.9.0.2", 100_000)
+    invite = write_exchange(src, 17, "10.9.0.1", "10.9.0.2", 0, total=65_535)
     out = tmp_path / "out.pcapng"
     proc = run_convert([src], out)
     assert b"udp_payload_truncated=1" in proc.stderr
