@@ -358,6 +358,7 @@ class Converter:
         # Frames go out in batches: the engine builds a batch of packets per call. A
         # writer that takes single frames only (write_packet) gets each message at once.
         self._pending: list[Packet] = []
+        self._pending_bytes = 0  # payload bytes in _pending
         self._target: PacketWriter = writer
         self._batching = hasattr(writer, "write_frames")
         # The window holds messages in two parts: a run of messages that arrived in time
@@ -488,7 +489,13 @@ class Converter:
             pending.append(
                 (agent, node, ts, src, dst, sport, dport, ip_id, seq, ack, payload, comment)
             )
-        if len(pending) >= BATCH or self.route is not None or not self._batching:
+        self._pending_bytes += len(msg.payload)
+        if (
+            len(pending) >= BATCH
+            or self._pending_bytes >= BATCH_BYTES
+            or self.route is not None
+            or not self._batching
+        ):
             self._emit()
         stats.written += 1
         stats.frames += len(segments)
@@ -509,6 +516,7 @@ class Converter:
         if not packets:
             return
         self._pending = []
+        self._pending_bytes = 0
         target = self._target
         write_frames = getattr(target, "write_frames", None)  # a pcapng.BatchWriter
         if write_frames is not None:
@@ -519,8 +527,11 @@ class Converter:
             target.write_packet(p[0], p[1], p[2], frame, p[11])
 
 
-#: Packets per engine call (and per write to the output).
+#: Packets per engine call (and per write to the output) at the most ...
 BATCH = 512
+#: ... and payload bytes: a batch of large payloads is written sooner (the batch, its
+#: frames and the output buffer each hold a copy).
+BATCH_BYTES = 1 << 20
 
 #: ``on_progress`` is called once per this many items.
 PROGRESS_EVERY = 1 << 16

@@ -305,6 +305,9 @@ class RotatingWriter:
         self, agent: int | None, node: str | None, ts_us: int, frame: bytes, comment: str | None
     ) -> None:
         """Write one frame, rotating first when a limit is reached."""
+        if self._writer is None:  # the output failed or was removed: counted, not written
+            self.lost["output_failed"] += 1
+            return
         writer = self._current()
         self._packets += 1
         writer.write_packet(agent, node, ts_us, frame, comment)
@@ -312,6 +315,9 @@ class RotatingWriter:
     def write_frames(self, packets: Sequence[Packet]) -> None:
         """Write a batch of packets; with a size or time limit, one at a time, rotating
         first when a limit is reached (as for write_packet)."""
+        if self._writer is None:  # the output failed or was removed: counted, not written
+            self.lost["output_failed"] += len(packets)
+            return
         if self.max_bytes is None and self.interval_s is None:
             writer = self._current()
             self._packets += len(packets)
