@@ -605,7 +605,9 @@ def listen_cmd(
     Example: hep2pcap listen -l udp:0.0.0.0:9060 -w 'calls-%H%M.pcapng' -G 3600 -W 24
     """
     import signal
+    import time
 
+    from .accounting import Totals, file_statistics, snapshot
     from .rotate import BlockFile, RotatingWriter
     from .sources.live import Forwarder, LiveOptions, LiveSource, parse_allow
     from .sources.tcp import make_server_context
@@ -668,6 +670,11 @@ def listen_cmd(
                         "raise the cap with: sysctl -w net.core.rmem_max=%d",
                         u.address, u.rcvbuf, u.rcvbuf_requested, u.rcvbuf_requested,
                     )  # fmt: skip
+
+            def totals() -> Totals:  # for the Interface Statistics Blocks at each file's end
+                return snapshot(stats, time.time_ns() // 1000, *source.losses())
+
+            start = totals()
             rotator: RotatingWriter | None = None
             writer: PacketWriter
             if output == "-":
@@ -685,6 +692,7 @@ def listen_cmd(
                     max_bytes=round(file_size_mb * 1_000_000) if file_size_mb else None,
                     interval_s=rotate_s,
                     max_files=max_files,
+                    totals=totals,
                 )
                 stack.callback(rotator.close)
                 writer = rotator
@@ -728,9 +736,12 @@ def listen_cmd(
                 old = signal.signal(sig, handler)
                 stack.callback(signal.signal, sig, old)
             for ep in source.addresses:  # after the handlers: a script may signal right away
-                click.echo(f"listening on {ep}", err=True)
+                if not quiet:
+                    click.echo(f"listening on {ep}", err=True)
             convert([source], writer, options, stats, select=select)
             source.close()
+            if isinstance(writer, PcapngWriter):  # stdout; a RotatingWriter does it itself
+                writer.write_statistics(file_statistics(start, totals(), writer))
             writer.close()
         except Hep2PcapError as exc:
             raise click.ClickException(str(exc)) from exc
@@ -802,6 +813,8 @@ def info_cmd(
             progress = _progress(counters, "", _on_terminal())
             try:
                 observe(sources, options, stats, report.observe, on_progress=progress)
+                for name, source in zip(inputs, sources, strict=True):
+                    report.add_statistics(name, getattr(source, "statistics", []))
             finally:
                 if progress is not None:
                     progress.close()
