@@ -5,13 +5,14 @@ PY     := $(VENV)/bin/python
 SAMPLE ?= fixtures/hep/sample-call.hep
 OUT    ?= /tmp/hep2pcap-sample.pcapng
 
-.PHONY: help install install-dev tools run test lint type unit e2e fmt docs golden bench fuzz \
+.PHONY: help install install-dev tools run test lint type unit e2e fmt docs golden bench soak fuzz \
   soak-attacks clean
 
 help:
 	@echo "make run      set up .venv, convert $(SAMPLE) and show what is in it"
 	@echo "make test     set up everything (venv, dev deps, tshark, sngrep) and run the whole suite"
 	@echo "make bench    performance benchmark against sngrep (not part of the tests)"
+	@echo "make soak     10 min of live capture at SOAK_RATE msg/s, 60 s files; RSS, losses, ISBs"
 	@echo "make fuzz     coverage-guided fuzzing (atheris) of every input parser, FUZZ_SECONDS=$(FUZZ_SECONDS)"
 	@echo "              per target; FUZZ_SECONDS=600 runs well over 1M cases (not part of the tests)"
 	@echo "make soak-attacks  the attacks of tests/test_attacks.py, ATTACK_SECONDS=$(ATTACK_SECONDS) each"
@@ -84,6 +85,13 @@ golden: install
 
 bench: tools install-dev
 	$(PY) bench/run.py
+
+# The soak (issue 14): a benchmark, not a test. bench/soak.py; figures in bench/README.md.
+SOAK_RATE    ?= 50000
+SOAK_SECONDS ?= 600
+SOAK_ROTATE  ?= 60
+soak: install-dev tools
+	$(PY) bench/soak.py --rate $(SOAK_RATE) --seconds $(SOAK_SECONDS) --rotate $(SOAK_ROTATE)
 
 # Coverage-guided fuzzing (issue 6): tests/fuzz.py runs the targets hep, stream, pcap and
 # convert one after another, each for FUZZ_SECONDS (libFuzzer -max_total_time; -timeout

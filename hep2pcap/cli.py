@@ -28,12 +28,14 @@ import logging
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
 
 import click
 
 from . import __version__, engine
 from .errors import Hep2PcapError
+from .extcap import TRANSPORTS
 from .filters import Criteria, Selector, compile_match, parse_host, parse_time
 from .hep import DecodeOptions, HepMessage
 from .offload import available as offloading_available
@@ -629,6 +631,9 @@ def listen_cmd(
 
     Example: hep2pcap listen -l udp:0.0.0.0:9060 -w 'calls-%H%M.pcapng' -G 3600 -W 24
     """
+    import time
+
+    from .accounting import Totals, file_statistics, snapshot
     from .errors import StopNow
     from .rotate import BlockFile, RotatingWriter
     from .sources.live import Forwarder, LiveOptions, LiveSource, parse_allow
@@ -724,6 +729,12 @@ def listen_cmd(
                             "raise the cap with: sysctl -w net.core.rmem_max=%d",
                             u.address, u.rcvbuf, u.rcvbuf_requested, u.rcvbuf_requested,
                         )  # fmt: skip
+                live_source = source
+
+                def totals() -> Totals:  # for the Interface Statistics Blocks at each end
+                    return snapshot(stats, time.time_ns() // 1000, *live_source.losses())
+
+                start = totals()
                 writer: PacketWriter
                 if output == "-":
                     writer = PcapngWriter(
@@ -740,13 +751,13 @@ def listen_cmd(
                         max_bytes=round(file_size_mb * 1_000_000) if file_size_mb else None,
                         interval_s=rotate_s,
                         max_files=max_files,
+                        totals=totals,
                     )
                     stack.callback(rotator.close)
                     writer = rotator
                 if upstream is not None:
                     source.forward = Forwarder(upstream)
                 next_status = [0.0]
-                live_source = source
 
                 def on_tick(now: float) -> None:
                     if stats_s <= 0 or quiet or now < next_status[0]:
@@ -768,12 +779,15 @@ def listen_cmd(
 
                 source.on_tick = on_tick
                 for ep in source.addresses:
-                    click.echo(f"listening on {ep}", err=True)
+                    if not quiet:
+                        click.echo(f"listening on {ep}", err=True)
                 # A second stop raises StopNow: end at once (what was written so far is
                 # flushed; what the window held is counted as lost "stopped").
                 with contextlib.suppress(StopNow):
                     convert([source], writer, options, stats, select=select)
                 source.close()
+                if isinstance(writer, PcapngWriter):  # stdout; a RotatingWriter does it itself
+                    writer.write_statistics(file_statistics(start, totals(), writer))
                 writer.close()
                 _settle(stats, rotator)
             except Hep2PcapError as exc:
@@ -880,6 +894,8 @@ def info_cmd(
             progress = _progress(counters, "", _on_terminal())
             try:
                 observe(sources, options, stats, report.observe, on_progress=progress)
+                for name, source in zip(inputs, sources, strict=True):
+                    report.add_statistics(name, getattr(source, "statistics", []))
             finally:
                 if progress is not None:
                     progress.close()
@@ -1015,6 +1031,144 @@ def split_cmd(
             err=True,
         )
         click.echo(stats.summary(), err=True)
+
+
+# ---- extcap (issue 14: hep2pcap as a Wireshark capture interface) -------------------------
+
+
+def _wireshark(*names: str, **kw: Any) -> Callable[[F], F]:
+    """An option only Wireshark passes (hidden from --help)."""
+    return click.option(*names, hidden=True, **kw)
+
+
+@cli.command("extcap", context_settings=CONTEXT)
+@click.option(
+    "--install", is_flag=True, help="Install the launcher into Wireshark's extcap folder."
+)
+@click.option("--uninstall", is_flag=True, help="Remove the launcher --install wrote.")
+@click.option(
+    "--dir", "folder", metavar="DIR",
+    help="Extcap folder to (un)install in. [default: the personal extcap folder tshark names, "
+    "or ~/.config/wireshark/extcap]",
+)  # fmt: skip
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=9060, show_default=True, metavar="PORT",
+    help="Capture: UDP/TCP port to listen on.",
+)  # fmt: skip
+@click.option(
+    "--bind", default="127.0.0.1", show_default=True, metavar="IP",
+    help="Capture: address to listen on.",
+)  # fmt: skip
+@click.option(
+    "--transport", type=click.Choice(list(TRANSPORTS)), default="udp+tcp", show_default=True,
+    metavar="KINDS", help=f"Capture: listeners to open: {', '.join(TRANSPORTS)}.",
+)  # fmt: skip
+@click.option(
+    "--tls-port", type=click.IntRange(1, 65535), default=9061, show_default=True, metavar="PORT",
+    help="Capture: TCP port of the TLS listener.",
+)  # fmt: skip
+@click.option("--tls-cert", metavar="FILE", help="Capture: certificate (PEM) for TLS.")
+@click.option("--tls-key", metavar="FILE", help="Capture: private key (PEM) for TLS.")
+@click.option("--password", metavar="KEY", help="Capture: require this HEP auth key.")
+@click.option("--call-id", metavar="ID", help="Capture: keep this call.")
+@click.option("--host", metavar="IP", help="Capture: keep messages from or to this IP.")
+@click.option("--method", metavar="NAME", help="Capture: keep dialogs with this SIP method.")
+@_wireshark("--extcap-interfaces", "list_interfaces", is_flag=True)
+@_wireshark("--extcap-version", "ws_version")
+@_wireshark("--extcap-interface", "interface")
+@_wireshark("--extcap-dlts", "list_dlts", is_flag=True)
+@_wireshark("--extcap-config", "list_config", is_flag=True)
+@_wireshark("--capture", is_flag=True)
+@_wireshark("--fifo")
+@_wireshark("--extcap-capture-filter", "capture_filter")
+@_wireshark("--extcap-control-in", "control_in")
+@_wireshark("--extcap-control-out", "control_out")
+@_wireshark("--debug", is_flag=True)
+@_wireshark("--debug-file")
+def extcap_cmd(
+    install: bool,
+    uninstall: bool,
+    folder: str | None,
+    port: int,
+    bind: str,
+    transport: str,
+    tls_port: int,
+    tls_cert: str | None,
+    tls_key: str | None,
+    password: str | None,
+    call_id: str | None,
+    host: str | None,
+    method: str | None,
+    list_interfaces: bool,
+    ws_version: str | None,
+    interface: str | None,
+    list_dlts: bool,
+    list_config: bool,
+    capture: bool,
+    fifo: str | None,
+    capture_filter: str | None,
+    control_in: str | None,
+    control_out: str | None,
+    debug: bool,
+    debug_file: str | None,
+) -> None:
+    """Live HEP in Wireshark: install hep2pcap as the capture interface 'hep'.
+
+    After --install, Wireshark and tshark list the interface 'hep' (tshark -D); its options
+    dialog sets the port, address, transports (UDP, TCP, TLS), HEP password and filters,
+    and starting it runs 'hep2pcap listen' writing to Wireshark. The other options are what
+    Wireshark passes; with tshark: -o extcap.hep.port:9060, extcap.hep.callid:ID, ...
+
+    Example: hep2pcap extcap --install && tshark -i hep -o extcap.hep.port:9060
+    """
+    from . import extcap
+
+    try:
+        if install or uninstall:
+            if install and uninstall:
+                raise click.UsageError("--install or --uninstall, not both")
+            where = Path(folder) if folder else extcap.default_folder()
+            if install:
+                path = extcap.install(where)
+                click.echo(f"installed {path}; restart Wireshark, then capture on 'hep'")
+            else:
+                removed = extcap.uninstall(where)
+                click.echo(f"removed {removed}" if removed else f"nothing to remove in {where}")
+            return
+        if list_interfaces:
+            click.echo(extcap.interfaces_text(), nl=False)
+            return
+        if not (list_dlts or list_config or capture):
+            raise click.UsageError(
+                "say --install or --uninstall (the other options are Wireshark's)"
+            )
+        if interface != extcap.INTERFACE:
+            raise click.UsageError(
+                f"--extcap-interface: expected {extcap.INTERFACE!r}, got {interface!r}"
+            )
+        if list_dlts:
+            click.echo(extcap.dlts_text(), nl=False)
+        elif list_config:
+            click.echo(extcap.config_text(), nl=False)
+        else:
+            if fifo is None:
+                raise click.UsageError("--capture needs --fifo")
+            if capture_filter:
+                raise click.UsageError(
+                    "capture filters are not supported: use the Call-ID, Host or Method options"
+                )
+            args = extcap.listen_args(extcap.CaptureOptions(
+                port=port, bind=bind, transport=transport, tls_port=tls_port, tls_cert=tls_cert,
+                tls_key=tls_key, password=password, call_id=call_id, host=host, method=method,
+            ))  # fmt: skip
+            for pipe, mode in ((control_in, "r"), (control_out, "w")):
+                if pipe:
+                    extcap.watch_control_pipe(pipe, mode)
+            extcap.redirect_stdout_to(fifo)
+            with listen_cmd.make_context("hep2pcap extcap", args) as sub:
+                listen_cmd.invoke(sub)
+    except Hep2PcapError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _chain(stages: list[Callable[[Any], Any]]) -> Callable[[Any], Any] | None:

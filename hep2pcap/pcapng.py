@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 if TYPE_CHECKING:  # the engine imports this module: at run time it is imported late
@@ -22,6 +23,7 @@ BLOCK_TYPE_SHB = 0x0A0D0D0A
 #: The SHB block type as bytes: the first four bytes of every pcapng file, in either byte order.
 PCAPNG_MAGIC = BLOCK_TYPE_SHB.to_bytes(4, "big")
 BLOCK_TYPE_IDB = 0x00000001
+BLOCK_TYPE_ISB = 0x00000005
 BLOCK_TYPE_EPB = 0x00000006
 BYTE_ORDER_MAGIC = 0x1A2B3C4D
 
@@ -30,6 +32,14 @@ OPT_COMMENT = 1
 OPT_SHB_USERAPPL = 4
 OPT_IF_NAME = 2
 OPT_IF_DESCRIPTION = 3
+#: Interface Statistics Block options (draft-ietf-opsawg-pcapng §4.6).
+OPT_ISB_STARTTIME = 2
+OPT_ISB_ENDTIME = 3
+OPT_ISB_IFRECV = 4
+OPT_ISB_IFDROP = 5
+OPT_ISB_FILTERACCEPT = 6
+OPT_ISB_OSDROP = 7
+OPT_ISB_USRDELIV = 8
 
 #: Native little-endian layouts; readers handle either byte order.
 BLOCK_HEADER = struct.Struct("<II")
@@ -39,6 +49,11 @@ EPB_BODY = struct.Struct("<IIIII")  # interface, ts high, ts low, captured len, 
 #: Block header + EPB body in one pack (hot path).
 EPB_HEADER = struct.Struct("<IIIIIII")
 OPTION_HEADER = struct.Struct("<HH")
+ISB_BODY = struct.Struct("<III")  # interface, ts high, ts low
+#: isb_starttime / isb_endtime value: ts high, ts low (interface resolution, µs here).
+ISB_TIME = struct.Struct("<II")
+#: isb_ifrecv, isb_ifdrop, isb_filteraccept, isb_osdrop, isb_usrdeliv value.
+ISB_COUNT = struct.Struct("<Q")
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_FILE_HEADER = struct.Struct("<IHHiIII")  # magic, major, minor, zone, sigfigs, snaplen, lt
@@ -118,6 +133,61 @@ def encode_epb(interface: int, ts_us: int, frame: bytes, comment: str | None = N
             total.to_bytes(4, "little"),
         )
     )
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceStatistics:
+    """What an Interface Statistics Block says about one interface (``None``: not written).
+
+    Attributes:
+        start_us: isb_starttime, when counting began (µs since the epoch).
+        end_us: isb_endtime, when it ended; also the block's own timestamp.
+        received: isb_ifrecv, messages that reached the capture.
+        kernel_drops: isb_ifdrop, messages the OS dropped before the capture read them.
+        filter_accept: isb_filteraccept, messages a filter let through.
+        our_drops: isb_osdrop, messages the capture itself dropped.
+        delivered: isb_usrdeliv, packets written on this interface.
+        comment: opt_comment, the causes in words.
+    """
+
+    start_us: int
+    end_us: int
+    received: int | None = None
+    kernel_drops: int | None = None
+    filter_accept: int | None = None
+    our_drops: int | None = None
+    delivered: int | None = None
+    comment: str | None = None
+
+
+#: (option code, InterfaceStatistics field) of the counters, in the draft's order.
+ISB_COUNTERS = (
+    (OPT_ISB_IFRECV, "received"),
+    (OPT_ISB_IFDROP, "kernel_drops"),
+    (OPT_ISB_FILTERACCEPT, "filter_accept"),
+    (OPT_ISB_OSDROP, "our_drops"),
+    (OPT_ISB_USRDELIV, "delivered"),
+)
+
+
+def _isb_time(ts_us: int) -> bytes:
+    return ISB_TIME.pack(ts_us >> 32, ts_us & 0xFFFFFFFF)
+
+
+def encode_isb(interface: int, stats: InterfaceStatistics) -> bytes:
+    """Interface Statistics Block (draft-ietf-opsawg-pcapng §4.6), timestamped at
+    ``stats.end_us``; counters that are ``None`` are left out."""
+    opts: list[tuple[int, bytes]] = []
+    if stats.comment:
+        opts.append((OPT_COMMENT, _utf8(stats.comment)))
+    opts.append((OPT_ISB_STARTTIME, _isb_time(stats.start_us)))
+    opts.append((OPT_ISB_ENDTIME, _isb_time(stats.end_us)))
+    for code, name in ISB_COUNTERS:
+        value = getattr(stats, name)
+        if value is not None:
+            opts.append((code, ISB_COUNT.pack(max(0, value))))
+    body = ISB_BODY.pack(interface, stats.end_us >> 32, stats.end_us & 0xFFFFFFFF)
+    return _block(BLOCK_TYPE_ISB, body + _options(opts))
 
 
 class PacketWriter(Protocol):
@@ -249,6 +319,22 @@ class PcapngWriter:
         if not shared:
             self._interfaces[agent] = iface
         return iface
+
+    def interface_of(self, agent: int | None) -> int | None:
+        """The interface a capture agent's packets went to in this file (``None``: none yet)."""
+        iface = self._interfaces.get(agent)
+        return iface if iface is not None else self._interfaces.get(SHARED)
+
+    @property
+    def interface_count(self) -> int:
+        """Interfaces (IDBs) written so far."""
+        return self._count
+
+    def write_statistics(self, stats: list[InterfaceStatistics]) -> None:
+        """Write one Interface Statistics Block per interface (``stats[i]`` for interface
+        ``i``), as the last blocks of the file. Not on the packet path: called at close."""
+        for iface, entry in enumerate(stats[: self._count]):
+            self._write(encode_isb(iface, entry))
 
     def flush(self) -> None:
         """Flush the underlying file object."""

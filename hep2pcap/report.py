@@ -22,6 +22,7 @@ from .dialogs import keys_of
 from .errors import Reason
 from .frames import proto_name
 from .hep import PAYLOAD_TYPE_NAMES, HepMessage, PayloadType
+from .pcapng import InterfaceStatistics
 from .repair import CopyFinder, is_truncated
 from .split import CallIndex
 from .stats import Stats
@@ -96,6 +97,29 @@ class Report:
         self.dialogs: dict[tuple[int | None, str], _Dialog] = {}
         self.dialogs_untracked = 0
         self.calls = CallIndex()  # B2BUA legs linked by correlation id are one call
+        #: the Interface Statistics Blocks of the inputs (pcapng), as to_dict shows them
+        self.capture_statistics: list[dict[str, Any]] = []
+
+    def add_statistics(
+        self, name: str, entries: list[tuple[int, str, InterfaceStatistics]]
+    ) -> None:
+        """Add what an input's Interface Statistics Blocks say (in file order)."""
+        for iface, iface_name, st in entries:
+            self.capture_statistics.append(
+                {
+                    "file": name,
+                    "interface": iface,
+                    "name": iface_name,
+                    "start": _iso(st.start_us),
+                    "end": _iso(st.end_us),
+                    "received": st.received,
+                    "kernel_drops": st.kernel_drops,
+                    "filter_accept": st.filter_accept,
+                    "our_drops": st.our_drops,
+                    "delivered": st.delivered,
+                    "comment": st.comment,
+                }
+            )
 
     def observe(self, ts_us: int, msg: HepMessage) -> None:
         """Count one accepted message (in arrival order)."""
@@ -246,6 +270,18 @@ class Report:
             out.append(f"{sum(stats.input_problems.values())} problems reading the input")
         if self.dialogs_untracked:
             out.append(f"{self.dialogs_untracked} messages past {MAX_DIALOGS} dialogs not checked")
+        kernel = sum(e["kernel_drops"] or 0 for e in self.capture_statistics)
+        ours = sum(e["our_drops"] or 0 for e in self.capture_statistics)
+        if kernel or ours:
+            out.append(
+                f"the capture's statistics blocks count {kernel + ours} messages lost while "
+                f"capturing ({kernel} dropped by the kernel, {ours} by the capturing program)"
+            )
+        if self.capture_statistics and not self.messages and stats.input_problems:
+            out.append(
+                "no HEP found, but statistics blocks: this looks like a capture hep2pcap "
+                "wrote (its frames are the SIP itself; open it in Wireshark or sngrep)"
+            )
         return out
 
     def to_dict(self, stats: Stats) -> dict[str, Any]:
@@ -308,6 +344,7 @@ class Report:
             "dropped": _reasons(stats.dropped),
             "input_problems": _reasons(stats.input_problems),
             "repairs": _reasons(stats.warnings),
+            "capture_statistics": self.capture_statistics,
             "warnings": self.warnings(stats),
         }
 
@@ -346,6 +383,18 @@ class Report:
         for name in ("skipped", "dropped", "input_problems", "repairs"):
             if d[name]:
                 lines.append(f"{name.replace('_', ' ') + ':':13}{_kv(d[name])}")
+        if d["capture_statistics"]:
+            lines.append("capture statistics (the files' Interface Statistics Blocks):")
+            for e in d["capture_statistics"]:
+                counts = ", ".join(
+                    f"{label} {e[key]}" for key, label in _ISB_LABELS if e[key] is not None
+                )
+                lines.append(
+                    f"  {e['file']} #{e['interface']} {e['name'] or '-'}: "
+                    f"{e['start']} .. {e['end']}" + (f": {counts}" if counts else "")
+                )
+                if e["comment"]:
+                    lines.append(f"    {e['comment']}")
         warnings = d["warnings"]
         lines.append(f"warnings:    {len(warnings) or 'none'}")
         lines.extend(f"  ! {w}" for w in warnings)
@@ -356,6 +405,16 @@ def _spacing(us: int | None) -> str:
     if us is None:
         return "-"
     return f"{us} µs" if us < 1000 else f"{us / 1000:.1f} ms"
+
+
+#: How the text report names the ISB counters (pcapng option names in parentheses).
+_ISB_LABELS = (
+    ("received", "received (ifrecv)"),
+    ("kernel_drops", "kernel drops (ifdrop)"),
+    ("filter_accept", "filter accepted (filteraccept)"),
+    ("our_drops", "dropped by the capture (osdrop)"),
+    ("delivered", "written (usrdeliv)"),
+)
 
 
 def _agent(agent: int | None) -> str:

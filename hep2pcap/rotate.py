@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO, cast
 
+from .accounting import Totals, file_statistics
 from .engine import Packet
 from .errors import Hep2PcapError
 from .pcapng import PcapngWriter
@@ -248,6 +249,8 @@ class RotatingWriter:
         interval_s: start a new file this many seconds after the current one opened (-G).
         max_files: keep at most this many files of this run, deleting the oldest (-W).
         clock: wall clock in seconds (tests pass their own).
+        totals: the run's counters now (:func:`hep2pcap.accounting.snapshot`); when given,
+            each file ends with Interface Statistics Blocks for the time it was open.
 
     Raises:
         Hep2PcapError: a file cannot be created.
@@ -263,6 +266,7 @@ class RotatingWriter:
         interval_s: float | None = None,
         max_files: int | None = None,
         clock: Callable[[], float] = time.time,
+        totals: Callable[[], Totals] | None = None,
     ) -> None:
         self.template = template
         self.linktype = linktype
@@ -271,6 +275,8 @@ class RotatingWriter:
         self.interval_s = interval_s
         self.max_files = max_files
         self.clock = clock
+        self.totals = totals
+        self._start: Totals | None = None  # the counters when the current file was opened
         self.files_opened = 0
         #: rotations that could not create the next file (capture went on in the old one)
         self.rotate_failures = 0
@@ -421,26 +427,42 @@ class RotatingWriter:
         # The next file is opened before the current one is closed: when it cannot be
         # (directory removed or read-only, disk full), capture goes on where it was.
         self._reopen = False
-        old = (self._file, self._out, self._writer, self.current_path)
+        old = (self._file, self._out, self._writer, self.current_path, self._start)
+        now = self.totals() if self.totals is not None else None
         try:
-            self._open_next()
+            self._open_next(now)
         except Hep2PcapError as exc:
             self.rotate_failures += 1
             self._retry_at = self.clock() + ROTATE_RETRY_S
             log.warning("%s; still writing to %s", exc, old[3])
             return
-        file, out, _, _ = old
+        file, out, writer, _, start = old
         if out is not None and file is not None:
             try:
                 self._guarded_flush(out)
+                self._write_statistics(out, writer, start, now)
             finally:
                 file.close()
+
+    @staticmethod
+    def _write_statistics(
+        out: BlockFile, writer: PcapngWriter | None, start: Totals | None, end: Totals | None
+    ) -> None:
+        # The file's last blocks: what was received and lost while it was the current file.
+        # After the packets are flushed, and best effort: a full disk keeps the packets (the
+        # cut-back leaves the file valid without the statistics).
+        if writer is not None and start is not None and end is not None:
+            with contextlib.suppress(OSError):
+                writer.write_statistics(file_statistics(start, end, writer))
+                out.flush()
 
     def _close_current(self) -> None:
         if self._out is not None and self._file is not None:
             try:
                 self._guarded_flush(self._out)
                 self._check_removed(recreate=False)
+                if self.totals is not None and self._out is not None:
+                    self._write_statistics(self._out, self._writer, self._start, self.totals())
             finally:
                 if self._file is not None:
                     self._file.close()
@@ -462,9 +484,9 @@ class RotatingWriter:
             self._index += 1
         return name
 
-    def _open_next(self) -> None:
+    def _open_next(self, now: Totals | None = None) -> None:
         path = self._next_name()
-        self._open(path)
+        self._open(path, now)
         if self.interval_s is not None:
             self._rotate_at = self.clock() + self.interval_s
         if path in self._paths:
@@ -474,7 +496,7 @@ class RotatingWriter:
             with contextlib.suppress(OSError):
                 os.unlink(self._paths.popleft())
 
-    def _open(self, path: str) -> None:
+    def _open(self, path: str, now: Totals | None = None) -> None:
         raw = open_capture(path)
         out = BlockFile(raw)
         try:
@@ -484,6 +506,7 @@ class RotatingWriter:
             raw.close()
             raise
         self._file, self._out, self._writer = raw, out, writer
+        self._start = now if now is not None or self.totals is None else self.totals()
         self.current_path = path
         self.files_opened += 1
         self._packets = 0

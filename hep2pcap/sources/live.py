@@ -679,6 +679,9 @@ class _ThreadDriver(threading.Thread):
         rx = self.rx
         return rx.received, rx.enqueued_bytes - self.dequeued_bytes, len(rx.conns)
 
+    def receive_drops(self) -> int:
+        return self.rx.receive_drops
+
     def finish(self) -> _Final:
         self.request_stop(drain=False)
         if self.is_alive():
@@ -811,6 +814,9 @@ class _ProcessDriver:
     def status(self) -> tuple[int, int, int]:
         sh = self.shared
         return sh[_RECEIVED], sh[_BACKLOG], sh[_CONNS]
+
+    def receive_drops(self) -> int:
+        return self.shared[_RECEIVE_DROPS]
 
     def finish(self) -> _Final:
         self.request_stop(drain=False)
@@ -1153,6 +1159,14 @@ class LiveSource:
         """Sum of the UDP sockets' kernel drop counters (``None`` if none is readable)."""
         values = [d for d in (u.kernel_drops() for u in self.udp) if d is not None]
         return sum(values) if values else None
+
+    def losses(self) -> tuple[int | None, int]:
+        """(kernel drops, received but not converted) so far: live while capturing, the
+        final counts once closed (for the Interface Statistics Blocks)."""
+        if self._closed:
+            return self.stats.kernel_drops, self.stats.receive_drops
+        d = self._driver
+        return self.kernel_drops(), d.receive_drops() if d is not None else 0
 
     def __iter__(self) -> Iterator[Record | Problem | Tick]:
         if not self.udp and not self.tcp:

@@ -15,7 +15,8 @@ capped), or raise for bad content. Only a file whose global header is unreadable
 
 Formats: pcap (tcpdump.org "pcap" file format, all four magics), pcapng (IETF
 draft-ietf-opsawg-pcapng: SHB, IDB with if_tsresol/if_tsoffset, EPB, SPB, obsolete PB),
-link types from the tcpdump.org LINKTYPE registry.
+link types from the tcpdump.org LINKTYPE registry. Interface Statistics Blocks (§4.6) are
+collected in ``PcapSource.statistics`` for ``hep2pcap info``.
 """
 
 from __future__ import annotations
@@ -32,11 +33,18 @@ from ..hep import AF_INET, AF_INET6_VALUES, EEP3_MAGIC, HEP3_MAGIC
 from ..pcapng import (
     BLOCK_TYPE_EPB,
     BLOCK_TYPE_IDB,
+    BLOCK_TYPE_ISB,
     BLOCK_TYPE_SHB,
+    ISB_COUNTERS,
     LINKTYPE_ETHERNET,
     LINKTYPE_RAW,
+    OPT_COMMENT,
+    OPT_IF_NAME,
+    OPT_ISB_ENDTIME,
+    OPT_ISB_STARTTIME,
     PCAP_MAGIC_US,
     PCAPNG_MAGIC,
+    InterfaceStatistics,
 )
 from ..pipeline import Problem, Record
 from ..stream import HepDeframer
@@ -75,6 +83,12 @@ IDB_BE = struct.Struct(">HHI")
 #: EPB body start: interface id, timestamp high, timestamp low, captured len, original len.
 EPB_LE = struct.Struct("<IIIII")
 EPB_BE = struct.Struct(">IIIII")
+#: ISB body start: interface id, timestamp high, timestamp low.
+ISB_LE = struct.Struct("<III")
+ISB_BE = struct.Struct(">III")
+#: Interface Statistics Blocks kept per file, at most (a rotated capture has one per
+#: interface per file; a hostile file cannot grow the list without bound).
+MAX_STATISTICS = 4096
 #: obsolete PB body start: interface id, drops count, ts high, ts low, captured, original.
 PB_LE = struct.Struct("<HHIIII")
 PB_BE = struct.Struct(">HHIIII")
@@ -203,9 +217,10 @@ class _Buffer:
 class _Interface:
     """A pcapng interface (or the single interface of a classic pcap)."""
 
-    __slots__ = ("div", "handler", "linktype", "mul", "offset_us", "snaplen")
+    __slots__ = ("div", "handler", "linktype", "mul", "name", "offset_us", "snaplen")
 
     def __init__(self, linktype: int, snaplen: int, handler: _Handler | None) -> None:
+        self.name = ""
         self.linktype = linktype
         self.snaplen = snaplen
         self.handler = handler
@@ -358,6 +373,8 @@ class PcapSource:
             LINKTYPE_LINUX_SLL2: self._sll2,
         }
         self._used = False
+        #: (interface id, interface name, statistics) of each Interface Statistics Block read
+        self.statistics: list[tuple[int, str, InterfaceStatistics]] = []
         head = read_up_to(stream, PCAP_HEADER_SIZE)
         magic = head[:4]
         if magic == PCAPNG_MAGIC:
@@ -614,8 +631,11 @@ class PcapSource:
                     )
                     return
                 continue
+            elif btype == BLOCK_TYPE_ISB:
+                self._parse_isb(buf, body, body_end, little, interfaces)
+                continue
             else:
-                continue  # name resolution, statistics, custom, unknown blocks
+                continue  # name resolution, custom, unknown blocks
             # EPB / PB
             if if_id >= len(interfaces):
                 yield Problem(
@@ -688,11 +708,54 @@ class PcapSource:
                     iface.mul, iface.div = 1, 10 ** (res - 6)
                 else:
                     iface.mul, iface.div = 10 ** (6 - res), 1
+            elif code == OPT_IF_NAME:
+                iface.name = buf[p : p + olen].decode("utf-8", "replace")
             elif code == OPT_IF_TSOFFSET and olen >= 8:
                 seconds = int.from_bytes(buf[p : p + 8], order, signed=True)
                 iface.offset_us = seconds * 1_000_000
             p += (olen + 3) & ~3
         return iface
+
+    def _parse_isb(
+        self, buf: bytes, body: int, end: int, little: bool, interfaces: list[_Interface]
+    ) -> None:
+        # Statistics are information, not packets: a malformed ISB is skipped, not counted.
+        if end - body < ISB_LE.size or len(self.statistics) >= MAX_STATISTICS:
+            return
+        if_id, hi, lo = (ISB_LE if little else ISB_BE).unpack_from(buf, body)
+        iface = interfaces[if_id] if if_id < len(interfaces) else None
+        mul, div, offset_us = (iface.mul, iface.div, iface.offset_us) if iface else (1, 1, 0)
+
+        def us(ticks: int) -> int:
+            return ticks * mul // div + offset_us
+
+        order: Literal["little", "big"] = "little" if little else "big"
+        option = OPTION_LE if little else OPTION_BE
+        counters = dict(ISB_COUNTERS)
+        values: dict[str, int | str] = {}
+        p = body + ISB_LE.size
+        while end - p >= 4:
+            code, olen = option.unpack_from(buf, p)
+            p += 4
+            if code == OPT_ENDOFOPT or olen > end - p:
+                break
+            value = buf[p : p + olen]
+            if code == OPT_COMMENT:
+                values["comment"] = value.decode("utf-8", "replace")
+            elif code in (OPT_ISB_STARTTIME, OPT_ISB_ENDTIME) and olen == 8:
+                t = us((int.from_bytes(value[:4], order) << 32) | int.from_bytes(value[4:], order))
+                values["start_us" if code == OPT_ISB_STARTTIME else "end_us"] = t
+            elif code in counters and olen == 8:
+                values[counters[code]] = int.from_bytes(value, order)
+            p += (olen + 3) & ~3
+        end_us = us((hi << 32) | lo)
+        stats = InterfaceStatistics(
+            start_us=int(values.pop("start_us", end_us)),
+            end_us=int(values.pop("end_us", end_us)),
+            comment=str(values.pop("comment")) if "comment" in values else None,
+            **{k: int(v) for k, v in values.items()},
+        )
+        self.statistics.append((if_id, iface.name if iface is not None else "", stats))
 
     # --- link layers ------------------------------------------------------------------
 
