@@ -55,6 +55,8 @@ class Reason(enum.Enum):
     TS_BYTE_SWAPPED = "ts_byte_swapped"
     TS_NTP_EPOCH = "ts_ntp_epoch"
     V2_TIME_BIG_ENDIAN = "v2_time_big_endian"
+    # wrappers real senders add (HEP-SPEC §14): a warning, the message is kept
+    GZIP_WRAPPED = "gzip_wrapped"  # the whole frame came gzip-compressed (heplify payload_zip)
     # v1/v2
     V12_TRUNCATED = "v12_truncated"
     V12_BAD_FAMILY = "v12_bad_family"
@@ -74,6 +76,7 @@ class Reason(enum.Enum):
     PCAP_CAPTURE_TRUNCATED = "pcap_capture_truncated"
     UNSUPPORTED_LINKTYPE = "unsupported_linktype"
     NOT_HEP = "not_hep"
+    NO_HEP = "no_hep"  # an input that held no HEP at all: what it held instead (diagnosis)
     BAD_IP_PACKET = "bad_ip_packet"
     IP_FRAGMENT_OVERLAP = "ip_fragment_overlap"
     IP_FRAGMENT_INCOMPLETE = "ip_fragment_incomplete"
@@ -100,6 +103,7 @@ SKIP_REASONS = frozenset(
         Reason.UNSUPPORTED_PAYLOAD_TYPE,
         Reason.MISSING_PAYLOAD_TYPE,
         Reason.NOT_HEP,
+        Reason.NO_HEP,
         Reason.TCP_MIDSTREAM_START,
         Reason.DUPLICATE,
         Reason.RTCP_JSON_UNMAPPED,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import DecodeError, Reason
+from .sip import is_start
 
 HEP3_MAGIC = b"HEP3"
 EEP3_MAGIC = b"EEP3"  # HEP-SPEC §1: alias in the spec drawing; accepted only when lenient
@@ -33,6 +34,12 @@ MAX_HEP3_LENGTH = 65535
 #: HEP-SPEC §7: hard cap on an inflated payload: it came from one packet, and no packet is
 #: larger (a 500-byte datagram must not cost 256 KiB of memory and disk).
 MAX_INFLATED_PAYLOAD = 65535
+#: HEP-SPEC §14: heplify's payload_zip wraps the whole frame as a gzip member (RFC 1952:
+#: ID1 ID2 and CM=8, deflate).
+GZIP_MAGIC = b"\x1f\x8b\x08"
+#: A gzip-wrapped frame inflates to one HEP frame, bounded like the payload inflation (a
+#: HEPv3 message, or a UDP datagram, holds no more). Above it: DECOMPRESS_TOO_LARGE.
+MAX_UNWRAPPED = MAX_INFLATED_PAYLOAD
 
 AF_INET = 2
 #: HEP-SPEC §2.2: AF_INET6 on Linux, FreeBSD, macOS, Windows.
@@ -269,6 +276,8 @@ def decode(
         return _decode_v3(data, ref_time_us, options)
     if first == 1 or first == 2:
         return _decode_v12(data, ref_time_us, options)
+    if first == 0x1F and data[:3] == GZIP_MAGIC:
+        return _decode_wrapped(data, ref_time_us, options)
     raise DecodeError(Reason.UNKNOWN_VERSION, 0, f"first byte {first:#04x} is not HEP")
 
 
@@ -856,6 +865,110 @@ def _decode_v12(data: bytes, ref_time_us: int | None, options: DecodeOptions) ->
         capture_id=capture_id,
         warnings=tuple(warnings),
     )
+
+
+def _decode_wrapped(data: bytes, ref_time_us: int | None, options: DecodeOptions) -> HepMessage:
+    inner = unwrap_gzip(data)
+    if inner[:3] == GZIP_MAGIC:
+        raise DecodeError(Reason.DECOMPRESS_FAILED, 0, "a gzip member inside a gzip member")
+    try:
+        msg = decode(inner, ref_time_us, options)
+    except DecodeError as exc:
+        raise DecodeError(exc.reason, exc.offset, f"{exc.detail} (inside gzip)") from None
+    msg.warnings = (*msg.warnings, Reason.GZIP_WRAPPED)
+    return msg
+
+
+def unwrap_gzip(data: bytes) -> bytes:
+    """The HEP frame inside a gzip-wrapped one (HEP-SPEC §14, heplify ``payload_zip``).
+
+    ``data`` is exactly one gzip member (a datagram, a dump record, or a unit the stream
+    deframer cut); it may inflate to at most :data:`MAX_UNWRAPPED` bytes.
+
+    Raises:
+        DecodeError: DECOMPRESS_FAILED (not one whole gzip member), DECOMPRESS_TOO_LARGE.
+    """
+    inflater = zlib.decompressobj(wbits=31)  # gzip only
+    try:
+        out = inflater.decompress(data, MAX_UNWRAPPED + 1)
+    except zlib.error as exc:
+        raise DecodeError(Reason.DECOMPRESS_FAILED, 0, f"gzip-wrapped frame: {exc}") from None
+    if len(out) > MAX_UNWRAPPED or inflater.unconsumed_tail:
+        raise DecodeError(
+            Reason.DECOMPRESS_TOO_LARGE,
+            0,
+            f"gzip-wrapped frame inflates past the {MAX_UNWRAPPED}-byte cap",
+        )
+    if not inflater.eof:
+        raise DecodeError(Reason.DECOMPRESS_FAILED, 0, "gzip-wrapped frame is cut short")
+    if inflater.unused_data:
+        raise DecodeError(
+            Reason.DECOMPRESS_FAILED,
+            len(data) - len(inflater.unused_data),
+            f"{len(inflater.unused_data)} bytes after the gzip member",
+        )
+    return out
+
+
+def gzip_holds_hep3(data: bytes) -> bool:
+    """Whether ``data`` starts a gzip member whose first inflated bytes are "HEP3" (at most
+    4 bytes are inflated: a cheap test for a datagram or stream on an unknown port)."""
+    if data[:3] != GZIP_MAGIC:
+        return False
+    try:
+        return zlib.decompressobj(wbits=31).decompress(data, 4) == HEP3_MAGIC
+    except zlib.error:
+        return False
+
+
+#: HEP-SPEC §6 protocols a v1/v2 datagram may claim when it is recognised by its signature
+#: alone (0, "unset", is no sign of anything).
+_SIGNATURE_PROTOS = KNOWN_IP_PROTOS - {int(IpProto.UNSET)}
+
+
+def hep12_header_size(data: bytes, pos: int = 0) -> int | None:
+    """The fixed header size of a HEPv1/v2 message at ``data[pos]`` (HEP-SPEC §2.1), or None
+    when version, address family (§2.2) or IP protocol (§6, not 0) do not fit."""
+    if len(data) - pos < V12_HEADER.size:
+        return None
+    version, family, proto = data[pos], data[pos + 2], data[pos + 3]
+    if (version != 1 and version != 2) or proto not in _SIGNATURE_PROTOS:
+        return None
+    if family == AF_INET:
+        size = V12_HEADER.size + 8
+    elif family in AF_INET6_VALUES:
+        size = V12_HEADER.size + 32
+    else:
+        return None
+    return size + V2_TIME_LE.size if version == 2 else size
+
+
+def hep12_signature(data: bytes) -> tuple[int, bool] | None:
+    """Whether a datagram looks like HEPv1/v2 wherever it was found (HEP-SPEC §1).
+
+    The header must fit: version 1 or 2, an address family of §2.2, a known IP protocol,
+    the datagram at least as long as the fixed header of that version and family. It is
+    *certain* when, besides, a v2 time is plausible (little- or big-endian, §2.4) and the
+    payload begins with a whole SIP start line. The header-length byte is not looked at:
+    sngrep 1.6 writes junk there (fixtures/README.md).
+
+    Returns:
+        ``(version, certain)``, or ``None`` when the header does not fit.
+    """
+    fixed = hep12_header_size(data)
+    if fixed is None or len(data) <= fixed:
+        return None
+    version = data[0]
+    if version == 2:
+        addr_end = fixed - V2_TIME_LE.size
+        sec_le, usec_le, _ = V2_TIME_LE.unpack_from(data, addr_end)
+        sec_be, usec_be, _ = V2_TIME_BE.unpack_from(data, addr_end)
+        if not (
+            (usec_le < USEC_PER_S and _plausible(sec_le, None))
+            or (usec_be < USEC_PER_S and _plausible(sec_be, None))
+        ):
+            return version, False
+    return version, is_start(data, fixed)
 
 
 # --- encoding (used by tests, the benchmark generator and fixtures) -------------------

@@ -192,6 +192,7 @@ _NOTED = frozenset(
         Reason.SIP_JOINED,
         Reason.SIP_TRUNCATED,
         Reason.REDACTED,
+        Reason.GZIP_WRAPPED,
     }
 )
 
@@ -226,7 +227,10 @@ class _Reporter:
             raise StrictError(f"{where}: {reason.value}: {detail} (--strict)")
         self._log(reason, where, detail, skipped)
 
-    def input_problem(self, problem: Problem, where: str) -> None:
+    def input_problem(self, problem: Problem, where: str, name: str) -> None:
+        if problem.reason is Reason.NO_HEP:  # a diagnosis of the whole input, for the summary
+            self.stats.no_hep[f"no HEP in {name}: {problem.detail}"] += 1
+            return
         skipped = problem.reason in SKIP_REASONS
         self.stats.input_problems[problem.reason] += 1
         if self.strict and not skipped:
@@ -310,7 +314,7 @@ def iter_messages(
                 stats.read += 1
                 reporter.reject(item.reason, f"{name} {unit} {item.pos}", item.detail)
             else:
-                reporter.input_problem(item, f"{name} {unit} {item.pos}")
+                reporter.input_problem(item, f"{name} {unit} {item.pos}", name)
         else:
             assert type(item) is Tick
             yield item

@@ -41,6 +41,8 @@ class Stats:
     warnings: Counter[Reason] = field(default_factory=Counter)
     #: messages skipped because their payload type is not written, by payload type
     skipped_types: Counter[int] = field(default_factory=Counter)
+    #: inputs that held no HEP: one line each saying what they held instead (issue 11)
+    no_hep: Counter[str] = field(default_factory=Counter)
     #: written messages by (agent, HEP ip proto, src, sport, dst, dport); see count_new_flow
     flows: Counter[FlowKey] = field(default_factory=Counter)
     # live capture only (hep2pcap listen); offline runs leave them unset
@@ -127,6 +129,7 @@ class Stats:
             + f", dropped {self.dropped_total}{_reasons(self.dropped)}"
         )
         lines = [head]
+        lines.extend(f"  {line}" for line in self.no_hep)
         if self.skipped_types:
             text = ", ".join(f"{_type_label(t)}={n}" for t, n in _sorted(self.skipped_types))
             lines.append(f"  payload types not written: {text}")
@@ -134,8 +137,13 @@ class Stats:
             lines.append(f"  left out by filters: {self.filtered}")
         if self.input_problems:
             lines.append(f"  input: {_pairs(self.input_problems)}")
-        if self.warnings:
-            lines.append(f"  repaired/warned: {_pairs(self.warnings)}")
+        warned = self.warnings
+        wrapped = warned.get(Reason.GZIP_WRAPPED, 0)
+        if wrapped:  # not a repair: how a sender (heplify payload_zip) sent them
+            warned = warned - Counter({Reason.GZIP_WRAPPED: wrapped})
+            lines.append(f"  gzip-wrapped: {wrapped}")
+        if warned:
+            lines.append(f"  repaired/warned: {_pairs(warned)}")
         if self.early:
             lines.append(f"  written early (a memory bound was reached): {_pairs(self.early)}")
         if self.lost:

@@ -1,17 +1,37 @@
-"""Cut a byte stream (TCP, TLS, a raw dump file) into HEPv3 messages.
+"""Cut a byte stream (TCP, TLS, a raw dump file) into HEP messages.
 
-Owns: framing by the HEPv3 total-length field (HEP-SPEC §5). Must never: decode chunks,
-do I/O, or buffer more than one message (65535 bytes) plus one feed. Only v3 can be framed
-on a stream; a v1/v2 first byte is V12_ON_STREAM, anything else BAD_MAGIC, and after a
-framing error the rest of the stream cannot be trusted: the deframer stays failed — unless
-it resynchronises (HEP-SPEC §11 BAD_MAGIC, lenient mode): then the bytes up to the next
-magic are skipped and reported, and framing goes on.
+Owns: framing by the HEPv3 total-length field (HEP-SPEC §5), and two framings real senders
+need (HEP-SPEC §14, issue 11): a gzip member holding a frame (heplify ``payload_zip`` writes
+one per TCP write) ends where its deflate stream ends, and a HEPv1/v2 message (Kamailio
+siptrace streams them over HEP/TCP) ends where its SIP message ends (fixed header, then the
+SIP head through the blank line plus Content-Length bytes). Must never: decode chunks, do
+I/O, or buffer more than one message (65535 bytes, or that many inflated for a gzip member)
+plus one feed. A v1/v2 first byte whose payload is not SIP is V12_ON_STREAM, anything else
+BAD_MAGIC, and after a framing error the rest of the stream cannot be trusted: the deframer
+stays failed — unless it resynchronises (HEP-SPEC §11 BAD_MAGIC, lenient mode): then the
+bytes up to the next magic are skipped and reported, and framing goes on.
 """
 
 from __future__ import annotations
 
+import zlib
+
 from .errors import DecodeError, Reason
-from .hep import EEP3_MAGIC, HEP3_HEADER, HEP3_MAGIC
+from .hep import (
+    EEP3_MAGIC,
+    GZIP_MAGIC,
+    HEP3_HEADER,
+    HEP3_MAGIC,
+    MAX_HEP3_LENGTH,
+    MAX_UNWRAPPED,
+    V12_HEADER,
+    hep12_header_size,
+)
+from .sip import is_start, message_end
+
+#: Compressed bytes one gzip member may take on a stream: a deflate stream of stored blocks
+#: holding MAX_UNWRAPPED bytes, with the gzip header and trailer, fits easily.
+MAX_MEMBER_BYTES = MAX_UNWRAPPED + 4096
 
 #: Pieces of an unfinished message kept apart before they are joined into one.
 MAX_PIECES = 64
@@ -35,6 +55,9 @@ class HepDeframer:
         "_failed",
         "_have",
         "_magics",
+        "_member",
+        "_member_out",
+        "_member_parts",
         "_need",
         "_parts",
         "_raised",
@@ -61,6 +84,10 @@ class HepDeframer:
         self.problems: list[DecodeError] = []
         self.starts: list[int] = []
         self.offset = 0
+        # A gzip member still being received: its inflater, inflated size, and its bytes.
+        self._member: zlib._Decompress | None = None
+        self._member_out = 0
+        self._member_parts: list[bytes] = []
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add bytes; return every message now complete, in order.
@@ -75,6 +102,15 @@ class HepDeframer:
         if self._failed is not None:
             raise self._raise_failed()
         starts = self.starts = []
+        out: list[bytes] = []
+        if self._member is not None:
+            try:
+                rest = self._member_more(data, out)
+            except DecodeError:
+                raise self._raise_failed() from None
+            if rest is None:
+                return out
+            data = rest
         if self._parts:
             parts = self._parts
             parts.append(data)
@@ -85,13 +121,12 @@ class HepDeframer:
             # then look at it now (a few bytes), so a short tail that can never become HEP3
             # fails the same however the stream was cut.
             if self._have < self._need and self._need > HEP3_HEADER.size:
-                return []
+                return out
             buf = b"".join(self._parts)
             self._parts = []
             self._have = 0
         else:
             buf = data
-        out: list[bytes] = []
         pos = 0
         size = len(buf)
         unpack = HEP3_HEADER.unpack_from
@@ -101,6 +136,28 @@ class HepDeframer:
         while size - pos >= HEP3_HEADER.size:
             magic, total = unpack(buf, pos)
             if magic not in magics or total < HEP3_HEADER.size:
+                first = buf[pos]
+                if first == 0x1F and buf[pos : pos + 3] == GZIP_MAGIC:
+                    try:
+                        end = self._member_start(buf, pos, out)
+                    except DecodeError:
+                        if out:  # the error is raised by the next feed() or eof()
+                            return out
+                        raise self._raise_failed() from None
+                    if end < 0:
+                        return out
+                    pos = end
+                    continue
+                if first == 1 or first == 2:
+                    end = self._v12_end(buf, pos)
+                    if end > 0:
+                        starts.append(self.offset + pos)
+                        out.append(buf[pos:end])
+                        pos = end
+                        continue
+                    if end == 0:  # a v1/v2 message not yet complete
+                        self._keep(buf, pos, len(buf) - pos + 1)
+                        return out
                 return self._fail(out, buf, pos, magic, total)
             if size - pos < total:
                 break
@@ -108,24 +165,114 @@ class HepDeframer:
             out.append(buf[pos : pos + total])
             pos += total
         tail = bytes(buf[pos : pos + 4])
-        if tail and not any(m.startswith(tail) for m in magics):
+        if (
+            tail
+            and not any(m.startswith(tail) for m in magics)
+            and not GZIP_MAGIC.startswith(tail[:3])
+            and tail[0] not in (1, 2)
+        ):
             # A short tail that can never become HEP3: fail now rather than at EOF.
             return self._fail(out, buf, pos, tail, HEP3_HEADER.size)
         self._keep(buf, pos)
         return out
 
-    def _keep(self, buf: bytes, pos: int) -> None:
-        """Hold ``buf[pos:]`` (the start of the next message) and account for the rest."""
+    def _keep(self, buf: bytes, pos: int, need: int = 0) -> None:
+        """Hold ``buf[pos:]`` (the start of the next message) and account for the rest;
+        look again once ``need`` bytes are held (default: what its HEP3 header says)."""
         if pos < len(buf):
             rest = buf[pos:]
             self._parts = [rest]
             self._have = len(rest)
-            self._need = (
-                HEP3_HEADER.unpack_from(rest)[1]
-                if len(rest) >= HEP3_HEADER.size
-                else HEP3_HEADER.size
-            )
+            if need:
+                self._need = need
+            elif len(rest) >= HEP3_HEADER.size and rest[:4] in self._magics:
+                self._need = HEP3_HEADER.unpack_from(rest)[1]
+            else:
+                self._need = HEP3_HEADER.size
         self.offset += pos
+
+    def _v12_end(self, buf: bytes, pos: int) -> int:
+        """A HEPv1/v2 message at ``buf[pos]`` (Kamailio siptrace streams them over TCP):
+        the offset just past it; 0 while incomplete; -1 when it cannot be framed (its
+        payload is not a SIP message, or it would be longer than a HEPv3 message)."""
+        if len(buf) - pos < V12_HEADER.size:
+            return 0
+        fixed = hep12_header_size(buf, pos)
+        if fixed is None:
+            return -1
+        start = pos + fixed
+        if buf.find(b"\n", start, start + MAX_HEP3_LENGTH) < 0:
+            return 0 if len(buf) - pos < MAX_HEP3_LENGTH else -1
+        if not is_start(buf, start):
+            return -1
+        end = message_end(buf, start)
+        if end is None:
+            return 0 if len(buf) - pos < MAX_HEP3_LENGTH else -1
+        return end if end - pos <= MAX_HEP3_LENGTH else -1
+
+    def _member_start(self, buf: bytes, pos: int, out: list[bytes]) -> int:
+        """A gzip member starts at ``buf[pos]``: the offset just past it, or -1 while it
+        is incomplete (its bytes are then held until :meth:`_member_more` finishes it)."""
+        self._member = zlib.decompressobj(wbits=31)
+        self._member_out = 0
+        self._member_parts = []
+        self.offset += pos
+        rest = self._member_more(buf[pos:], out)
+        if rest is None:
+            return -1
+        self.offset -= len(buf) - pos - len(rest)  # _frame counts from buf's start
+        self.offset -= pos
+        return len(buf) - len(rest)
+
+    def _member_more(self, data: bytes, out: list[bytes]) -> bytes | None:
+        """Inflate more of the pending gzip member (bounded); when it ends, add it to
+        ``out`` and return the bytes after it, else None."""
+        inflater = self._member
+        assert inflater is not None
+        try:
+            produced = inflater.decompress(data, MAX_UNWRAPPED + 1 - self._member_out)
+        except zlib.error as exc:
+            raise self._member_failed(
+                DecodeError(Reason.DECOMPRESS_FAILED, self.offset, f"gzip member: {exc}")
+            ) from None
+        self._member_out += len(produced)
+        if self._member_out > MAX_UNWRAPPED or inflater.unconsumed_tail:
+            raise self._member_failed(
+                DecodeError(
+                    Reason.DECOMPRESS_TOO_LARGE,
+                    self.offset,
+                    f"gzip member inflates past the {MAX_UNWRAPPED}-byte cap",
+                )
+            )
+        if not inflater.eof:
+            self._member_parts.append(data)
+            self._have += len(data)
+            if self._have > MAX_MEMBER_BYTES:
+                raise self._member_failed(
+                    DecodeError(
+                        Reason.DECOMPRESS_TOO_LARGE,
+                        self.offset,
+                        f"gzip member longer than {MAX_MEMBER_BYTES} bytes",
+                    )
+                )
+            return None
+        used = len(data) - len(inflater.unused_data)
+        self._member_parts.append(data[:used])
+        member = b"".join(self._member_parts)
+        self.starts.append(self.offset)
+        out.append(member)
+        self.offset += len(member)
+        self._member = None
+        self._member_parts = []
+        self._have = 0
+        return data[used:]
+
+    def _member_failed(self, error: DecodeError) -> DecodeError:
+        self._member = None
+        self._member_parts = []
+        self._have = 0
+        self._failed = error
+        return error
 
     def _feed_resync(self, buf: bytes, out: list[bytes]) -> list[bytes]:
         # The same framing, but a bad header skips to the next magic instead of failing.
@@ -214,6 +361,8 @@ class HepDeframer:
         if self._have:
             left = self._have
             self._parts = []
+            self._member = None
+            self._member_parts = []
             self._have = 0
             raise DecodeError(
                 Reason.STREAM_TRUNCATED_AT_EOF,

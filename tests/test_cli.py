@@ -295,23 +295,40 @@ def test_eep3_dump_needs_lenient(tmp_path: Path) -> None:
     assert "eep_alias=1" in stderr
 
 
-def test_hep_port_for_hepv1_on_another_port(tmp_path: Path) -> None:
+def _v1_pcap(tmp_path: Path, payload: bytes, count: int = 1) -> Path:
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
     from scapy.utils import wrpcap
 
-    v1 = hep.encode(hep.HepMessage(1, 17, A, B, 5060, 5060, None, INVITE))
+    v1 = hep.encode(hep.HepMessage(1, 17, A, B, 5060, 5060, None, payload))
     pkt = Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=40000, dport=5555) / v1
     pkt.time = T0 / 1e6
     src = tmp_path / "v1.pcap"
-    wrpcap(str(src), [pkt])
+    wrpcap(str(src), [pkt] * count)
+    return src
+
+
+def test_hepv1_on_another_port_found_by_its_signature(tmp_path: Path) -> None:
+    # issue 11: v1/v2 whose payload starts with a SIP start line is HEP on any UDP port.
+    src = _v1_pcap(tmp_path, INVITE)
     code, stdout, stderr = _run(["convert", str(src), "-w", "-"])
-    assert (code, _epb_count(stdout)) == (0, 0)
-    assert "not_hep=1" in stderr
-    code, stdout, stderr = _run(["convert", str(src), "-w", "-", "--hep-port", "5555"])
     assert (code, _epb_count(stdout)) == (0, 1)
     assert "ts_receive_time=1" in stderr  # HEPv1 carries no time: the capture time is used
     assert b"notes: ts_receive_time" in stdout
+
+
+def test_hep_port_for_hepv1_that_is_not_certain(tmp_path: Path) -> None:
+    src = _v1_pcap(tmp_path, b"\x00\x01 not a SIP start line\r\n", count=3)
+    code, stdout, stderr = _run(["convert", str(src), "-w", "-"])
+    assert (code, _epb_count(stdout)) == (0, 0)
+    assert "not_hep=3" in stderr
+    assert (
+        f"no HEP in {src}: 3 UDP datagrams on port 5555 look like HEPv1: pass --hep-port 5555"
+        in stderr
+    )
+    code, stdout, stderr = _run(["convert", str(src), "-w", "-", "--hep-port", "5555"])
+    assert (code, _epb_count(stdout)) == (0, 3)
+    assert "no HEP in" not in stderr
 
 
 def test_strict_error_is_printed_once(tmp_path: Path) -> None:

@@ -938,7 +938,8 @@ COVERAGE: dict[Reason, str] = {
     Reason.V12_BAD_FAMILY: "test_hep::test_v12_bad_family",
     Reason.V12_HEADER_LENGTH: "test_hep::test_v12_header_length_warns",
     Reason.UNKNOWN_VERSION: "test_hep::test_unknown_version",
-    Reason.V12_ON_STREAM: "test_stream::test_v12_on_stream",
+    Reason.V12_ON_STREAM: "test_stream::test_v12_whose_payload_is_not_sip_on_stream",
+    Reason.GZIP_WRAPPED: "test_signatures::test_gzip_wrapped_frame_decodes_and_says_so",
     Reason.STREAM_TRUNCATED_AT_EOF: "test_stream::test_stream_truncated_at_eof",
     Reason.STREAM_DESYNC: "test_stream::test_stream_desync_after_error_was_raised",
     Reason.UNSUPPORTED_PAYLOAD_TYPE: "test_pipeline::test_unsupported_payload_type_skipped",
@@ -970,6 +971,7 @@ NOT_CORE: dict[Reason, str] = {
     Reason.TCP_STREAM_GAP: "sources/pcapfile.py",
     Reason.TCP_MIDSTREAM_START: "sources/pcapfile.py",
     Reason.NOT_ALLOWED: "sources (hep2pcap listen --allow)",
+    Reason.NO_HEP: "sources/pcapfile.py (test_pcapfile::test_no_hep_diagnosis_*)",
 }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
 import os
 import queue
 import shutil
@@ -381,10 +382,37 @@ def test_tcp_garbage_closes_that_connection_only(live: Callable[..., Live]) -> N
     assert stats.input_problems == {Reason.BAD_MAGIC: 1}
 
 
-def test_tcp_v2_on_a_stream_is_a_desync(live: Callable[..., Live]) -> None:
+def test_tcp_v2_stream_is_framed_by_its_sip(live: Callable[..., Live]) -> None:
+    # Kamailio 5.6 siptrace (hep_version 2, ;transport=tcp) streams HEPv2 over TCP; each
+    # message ends where its SIP message ends (issue 11).
     lv = live("tcp:127.0.0.1:0")
     with tcp_connect(lv.ep("tcp")) as s:
-        s.sendall(hep(1, version=2))
+        s.sendall(hep(1, version=2) + hep(2, version=2))
+        frames = lv.wait_written(2)
+    stats = lv.stop()
+    assert sorted(call_ids(frames)) == ["call-1@test", "call-2@test"]
+    assert stats.input_problems == {}
+
+
+def test_tcp_gzip_wrapped_frames(live: Callable[..., Live]) -> None:
+    # heplify v2 payload_zip: one gzip member per TCP write; and a UDP datagram the same.
+    lv = live("tcp:127.0.0.1:0", "udp:127.0.0.1:0")
+    with tcp_connect(lv.ep("tcp")) as s:
+        s.sendall(gzip.compress(hep(1)))
+        s.sendall(gzip.compress(hep(2)) + hep(3))
+        udp_send(lv.ep("udp"), gzip.compress(hep(4)))
+        frames = lv.wait_written(4)
+    stats = lv.stop()
+    assert sorted(call_ids(frames)) == [f"call-{i}@test" for i in range(1, 5)]
+    assert stats.warnings[Reason.GZIP_WRAPPED] == 3
+
+
+def test_tcp_v2_whose_payload_is_not_sip_is_a_desync(live: Callable[..., Live]) -> None:
+    lv = live("tcp:127.0.0.1:0")
+    with tcp_connect(lv.ep("tcp")) as s:
+        data = bytearray(hep(1, version=2))
+        data[28:31] = b"\x00\x01\n"
+        s.sendall(bytes(data))
         wait_closed_by_peer(s)
     stats = lv.stop()
     assert stats.input_problems == {Reason.V12_ON_STREAM: 1}

@@ -555,26 +555,28 @@ def test_udp_selection() -> None:
         udp4(b"INVITE sip:x SIP/2.0\r\n", sport=5060, dport=5060),  # SIP, not HEP
         udp4(hep2(), sport=40000, dport=9060),  # HEPv2 on the HEP port
         udp4(hep2(10), sport=9060, dport=40000),  # HEPv2 IPv6 family, source port
-        udp4(hep2(), sport=1111, dport=2222),  # HEPv2 elsewhere: not recognised
+        udp4(hep2(), sport=1111, dport=2222),  # HEPv2 elsewhere: its signature (issue 11)
         udp4(hep2(99), dport=9060),  # implausible family byte
         udp4(b"", dport=9060),  # empty datagram
         udp6(hep(5)),
+        udp4(hep2()[:28] + b"\x00\x01 not SIP\n", sport=1111, dport=2222),  # v2, not certain
     ]
     items = read(pcap(frames))
     assert [(r.data, r.pos) for r in records(items)] == [
         (hep(1), 1),
         (hep2(), 3),
         (hep2(10), 4),
+        (hep2(), 5),
         (hep(5), 8),
     ]
     assert [(p.reason, p.pos) for p in problems(items)] == [
         (Reason.NOT_HEP, 2),
-        (Reason.NOT_HEP, 5),
         (Reason.NOT_HEP, 6),
         (Reason.NOT_HEP, 7),
+        (Reason.NOT_HEP, 9),
     ]
-    items = read(pcap(frames[4:5]), hep_ports={2222})
-    assert payloads(items) == [hep2()]
+    items = read(pcap(frames[8:9]), hep_ports={2222})
+    assert len(payloads(items)) == 1
 
 
 def test_ethernet_padding_is_not_part_of_the_datagram() -> None:
@@ -909,7 +911,7 @@ def test_tcp_non_hep_flow_is_reported_once() -> None:
     frames += [conn.seg(0, b"SIP/2.0 100 Trying\r\n\r\n", back=True)]  # the other direction
     frames.append(conn.seg(len(sip), flags="FA"))
     items = read(pcap(frames))
-    assert [(p.reason, p.pos) for p in problems(items)] == [(Reason.NOT_HEP, 3)]
+    assert [(p.reason, p.pos) for p in problems(items)] == [(Reason.NOT_HEP, 3), (Reason.NO_HEP, 0)]
 
 
 @pytest.mark.parametrize("dport", [9060, 7777])
@@ -944,7 +946,7 @@ def test_tcp_mid_message_start_needs_a_confirmed_header() -> None:
             ]
         )
     )
-    assert reasons(items) == Counter({Reason.NOT_HEP: 1})
+    assert reasons(items) == Counter({Reason.NOT_HEP: 1, Reason.NO_HEP: 1})
 
 
 def test_tcp_stream_with_syn_must_start_with_hep3() -> None:
@@ -1101,3 +1103,71 @@ def test_out_of_order_bytes_are_bounded_over_all_flows(monkeypatch: pytest.Monke
     # every flow still delivers what follows its hole (the other two at the end of input)
     assert payloads(items).count(MSGS[2]) == 3
     assert reasons(items) == Counter({Reason.TCP_STREAM_GAP: 3})
+
+
+# --- issue 11: HEP wherever real senders put it, and the no-HEP diagnosis -------------
+
+
+def test_hepv2_on_any_udp_port_found_by_its_signature() -> None:
+    # Kamailio sent HEPv2 to 9061, sngrep to 9063: found with no --hep-port.
+    items = read(pcap([udp4(hep2(), dport=9061), udp6(hep2(), dport=9063)]))
+    assert payloads(items) == [hep2(), hep2()]
+    assert problems(items) == []
+
+
+def test_gzip_wrapped_datagram_on_any_port() -> None:
+    wrapped = gzip.compress(hep(1))
+    items = read(pcap([udp4(wrapped, dport=9999), udp4(gzip.compress(b"no hep"), dport=9999)]))
+    assert payloads(items) == [wrapped]
+    assert reasons(items) == {Reason.NOT_HEP: 1}
+    assert decode(wrapped).warnings == (Reason.GZIP_WRAPPED,)
+
+
+def test_gzip_wrapped_tcp_stream_and_v2_tcp_stream() -> None:
+    # heplify payload_zip over TCP (one member per write), Kamailio HEPv2 over TCP.
+    gz = Tcp(sport=45001, dport=9999)
+    members = [gzip.compress(hep(i)) for i in range(3)]
+    v2 = Tcp(sport=45002, dport=9998)
+    frames = [
+        gz.syn(),
+        gz.seg(0, members[0] + members[1]),
+        gz.seg(sum(map(len, members[:2])), members[2]),
+    ]
+    frames += [v2.syn(), v2.seg(0, hep2() + hep2()), gz.seg(sum(map(len, members)), flags="FA")]
+    items = read(pcap(frames))
+    assert payloads(items) == [*members, hep2(), hep2()]
+    assert reasons(items) == {}
+
+
+def _diagnosis(items: Sequence[Record | Problem]) -> str:
+    found = [p.detail for p in problems(items) if p.reason == Reason.NO_HEP]
+    assert len(found) == 1
+    return found[0]
+
+
+def test_no_hep_diagnosis_hepv2_not_certain() -> None:
+    not_sip = bytearray(hep2())
+    not_sip[28:31] = b"\x00\x01\x02"  # the payload no longer starts with a SIP start line
+    items = read(pcap([udp4(bytes(not_sip), sport=5060, dport=9061)] * 247))
+    assert (
+        _diagnosis(items) == "247 UDP datagrams on port 9061 look like HEPv2: pass --hep-port 9061"
+    )
+    assert payloads(read(pcap([udp4(bytes(not_sip), dport=9061)]), hep_ports={9061})) == [
+        bytes(not_sip)
+    ]
+
+
+def test_no_hep_diagnosis_plain_sip() -> None:
+    sip = b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID: 1\r\n\r\n"
+    conn = Tcp(sport=45000, dport=5061)
+    frames = [udp4(sip, sport=5060, dport=40000)] * 3 + [conn.syn(), conn.seg(0, sip)]
+    frames.append(udp4(b"\x80\x00" + bytes(30), sport=20000, dport=30000))
+    detail = _diagnosis(read(pcap(frames)))
+    assert detail.startswith("3 UDP datagrams on port 5060 look like plain SIP, not HEP")
+    assert "; 1 TCP connection on port 5061 look like plain SIP" in detail
+
+
+def test_no_diagnosis_when_hep_was_found_or_nothing_seen() -> None:
+    items = read(pcap([udp4(hep(1)), udp4(b"\x80\x00" + bytes(30), dport=30000)]))
+    assert Reason.NO_HEP not in reasons(items)
+    assert Reason.NO_HEP not in reasons(read(pcap([])))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 
 import pytest
-from hepbuild import SIP, base_chunks, hep3, ip, u16, v3, v12
+from hepbuild import SIP, TS_SEC, base_chunks, hep3, ip, u16, v2_time, v3, v12
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -167,18 +168,114 @@ def test_stream_desync_when_error_raised_in_the_same_feed() -> None:
         d.feed(MSG_A)
 
 
-def test_v12_on_stream() -> None:
+def test_v12_whose_payload_is_not_sip_on_stream() -> None:
     d = HepDeframer()
     with raises(Reason.V12_ON_STREAM, 0):
-        d.feed(V1_DATAGRAM)
+        d.feed(v12(1, 2, ip("10.0.0.1"), ip("10.0.0.2"), payload=b"hello world\r\n"))
 
 
 @pytest.mark.parametrize("version", [b"\x01", b"\x02"])
 def test_v12_on_stream_after_v3_messages(version: bytes) -> None:
     d = HepDeframer()
     assert d.feed(MSG_A + version) == [MSG_A]
-    with raises(Reason.V12_ON_STREAM, len(MSG_A)):
+    with raises(Reason.STREAM_TRUNCATED_AT_EOF, len(MSG_A)):
         d.eof()
+
+
+# Kamailio 5.6 siptrace with hep_version 1 or 2 and a ;transport=tcp duplicate_uri streams
+# v1/v2 messages over TCP, back to back: each ends where its SIP message ends (issue 11).
+V2_INVITE = v12(
+    2,
+    2,
+    ip("10.0.0.1"),
+    ip("10.0.0.2"),
+    proto=6,
+    time=v2_time(TS_SEC, 5, 2001),
+    payload=b"INVITE sip:b@x SIP/2.0\r\nCall-ID: 1\r\nContent-Length: 4\r\n\r\nv=0\n",
+)
+V1_OPTIONS_V6 = v12(1, 10, ip("2001:db8::1"), ip("2001:db8::2"), proto=22)
+KAMAILIO_V12_STREAM = V2_INVITE + V1_OPTIONS_V6 + MSG_A + V2_INVITE
+
+
+@pytest.mark.parametrize("cut", range(1, len(KAMAILIO_V12_STREAM)))
+def test_v12_stream_framed_by_sip_length_at_any_split(cut: int) -> None:
+    d = HepDeframer()
+    out = d.feed(KAMAILIO_V12_STREAM[:cut]) + d.feed(KAMAILIO_V12_STREAM[cut:])
+    assert out == [V2_INVITE, V1_OPTIONS_V6, MSG_A, V2_INVITE]
+    d.eof()
+    assert decode(out[0]).payload.endswith(b"v=0\n")
+    assert decode(out[1]).version == 1
+
+
+def test_v12_stream_starts() -> None:
+    d = HepDeframer()
+    d.feed(KAMAILIO_V12_STREAM)
+    lengths = [len(V2_INVITE), len(V1_OPTIONS_V6), len(MSG_A)]
+    assert d.starts == [0, lengths[0], sum(lengths[:2]), sum(lengths)]
+
+
+def test_v12_longer_than_a_hep3_message_fails() -> None:
+    d = HepDeframer()
+    big = v12(1, 2, ip("10.0.0.1"), ip("10.0.0.2"), payload=b"OPTIONS sip:a SIP/2.0\r\n")
+    with raises(Reason.V12_ON_STREAM, 0):
+        d.feed(big + b"X-Long: " + b"y" * 70_000)
+
+
+# heplify v2 payload_zip: one gzip member per TCP write, each holding one HEP frame; frames
+# buffered on disk are replayed unwrapped on the same connection (HEP-SPEC §14).
+GZ_A = gzip.compress(MSG_A)
+GZ_C = gzip.compress(MSG_C, mtime=0)
+HEPLIFY_STREAM = GZ_A + GZ_C + MSG_B + GZ_A
+
+
+@pytest.mark.parametrize("cut", range(1, len(HEPLIFY_STREAM), 7))
+def test_gzip_members_at_any_split(cut: int) -> None:
+    d = HepDeframer()
+    out = d.feed(HEPLIFY_STREAM[:cut]) + d.feed(HEPLIFY_STREAM[cut:])
+    assert out == [GZ_A, GZ_C, MSG_B, GZ_A]
+    assert [decode(u).payload for u in out] == [decode(m).payload for m in (MSG_A, MSG_C)] + [
+        decode(MSG_B).payload,
+        decode(MSG_A).payload,
+    ]
+    assert decode(out[0]).warnings == (Reason.GZIP_WRAPPED,)
+    d.eof()
+
+
+def test_gzip_members_one_byte_at_a_time() -> None:
+    d = HepDeframer()
+    out = []
+    offsets = []
+    for i in range(len(HEPLIFY_STREAM)):
+        out += d.feed(HEPLIFY_STREAM[i : i + 1])
+        offsets += d.starts
+    assert out == [GZ_A, GZ_C, MSG_B, GZ_A]
+    assert offsets == [0, len(GZ_A), len(GZ_A) + len(GZ_C), len(GZ_A) + len(GZ_C) + len(MSG_B)]
+    d.eof()
+
+
+def test_gzip_member_cut_at_eof() -> None:
+    d = HepDeframer()
+    assert d.feed(MSG_A + GZ_A[:-3]) == [MSG_A]
+    assert d.pending == len(GZ_A) - 3
+    with raises(Reason.STREAM_TRUNCATED_AT_EOF, len(MSG_A)):
+        d.eof()
+
+
+def test_corrupt_gzip_member_ends_the_stream_after_the_messages_before_it() -> None:
+    d = HepDeframer()
+    bad = GZ_A[:10] + b"\xff" * 20
+    assert d.feed(MSG_A + bad) == [MSG_A]
+    with raises(Reason.DECOMPRESS_FAILED, len(MSG_A)):
+        d.eof()
+
+
+def test_gzip_bomb_on_a_stream_is_bounded() -> None:
+    d = HepDeframer()
+    bomb = gzip.compress(b"HEP3" + b"\0" * 10_000_000)
+    with raises(Reason.DECOMPRESS_TOO_LARGE, 0):
+        for i in range(0, len(bomb), 4096):
+            d.feed(bomb[i : i + 4096])
+    assert d.pending == 0
 
 
 @pytest.mark.parametrize("total", [0, 1, 5])

@@ -23,13 +23,22 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from operator import itemgetter
 from typing import TYPE_CHECKING, Literal
 
 from ..errors import DecodeError, InputError, Reason
 from ..frames import ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPPROTO_TCP, IPPROTO_UDP
-from ..hep import AF_INET, AF_INET6_VALUES, EEP3_MAGIC, HEP3_MAGIC
+from ..hep import (
+    AF_INET,
+    AF_INET6_VALUES,
+    EEP3_MAGIC,
+    GZIP_MAGIC,
+    HEP3_MAGIC,
+    gzip_holds_hep3,
+    hep12_signature,
+)
 from ..pcapng import (
     BLOCK_TYPE_EPB,
     BLOCK_TYPE_IDB,
@@ -47,6 +56,7 @@ from ..pcapng import (
     InterfaceStatistics,
 )
 from ..pipeline import Problem, Record
+from ..sip import is_start
 from ..stream import HepDeframer
 from . import read_up_to
 
@@ -149,6 +159,8 @@ HEP12_FAMILIES = frozenset({AF_INET}) | AF_INET6_VALUES
 # --- bounds -------------------------------------------------------------------------------
 
 DEFAULT_HEP_PORTS = frozenset({9060})
+#: Distinct (kind, transport, port) of non-HEP traffic tallied for the no-HEP diagnosis.
+MAX_SEEN_KINDS = 4096
 MAX_FRAGMENT_DATAGRAMS = 1024
 MAX_FRAGMENT_BYTES = 16 * 1024 * 1024
 #: Fragments of a datagram older than this (capture time) are given up (Linux ipfrag_time).
@@ -314,6 +326,12 @@ def _find_hep3_start(buf: bytes, trusted: bool) -> tuple[int, int]:
     return -1, max(size - 3, 0)
 
 
+def _certain_hep12(data: bytes) -> bool:
+    """A HEPv1/v2 message by its strict signature (Kamailio streams them over TCP)."""
+    sig = hep12_signature(data) if data[:1] in (b"\x01", b"\x02") else None
+    return sig is not None and sig[1]
+
+
 def _ends_inside(left: int, pos: int, what: str) -> Iterator[Problem]:
     """End of file: a problem if it came inside a header (``left`` bytes of it)."""
     if left:
@@ -375,6 +393,10 @@ class PcapSource:
         self._used = False
         #: (interface id, interface name, statistics) of each Interface Statistics Block read
         self.statistics: list[tuple[int, str, InterfaceStatistics]] = []
+        #: What non-HEP traffic looked like, for the one-line diagnosis when no HEP is found:
+        #: (kind, transport, port) -> datagrams (UDP) or connections (TCP).
+        self.seen_instead: Counter[tuple[str, str, int]] = Counter()
+        self._found_hep = False
         head = read_up_to(stream, PCAP_HEADER_SIZE)
         magic = head[:4]
         if magic == PCAPNG_MAGIC:
@@ -444,6 +466,8 @@ class PcapSource:
             self._drop_fragments(fkey, frags, "end of file")
         yield from out
         out.clear()
+        if not self._found_hep and self.seen_instead:
+            yield Problem(Reason.NO_HEP, 0, no_hep_diagnosis(self.seen_instead))
 
     def _iter_pcap(self) -> Iterator[Record | Problem]:
         iface = self._iface
@@ -1155,13 +1179,37 @@ class PcapSource:
                     f" the snap length ({dend - s} of {ulen - 8} bytes captured)",
                 )
                 return
+            self._found_hep = True
             self._out.append(Record(buf[s:dend], ts, pos))
             return
+        # Not HEP3 and not on a HEP port: HEPv1/v2 by its strict signature, or a gzip-wrapped
+        # HEP3 frame (heplify payload_zip, HEP-SPEC §14), on any port.
+        data = buf[s:dend]
+        sig = hep12_signature(data) if not cut and head[:1] in (b"\x01", b"\x02") else None
+        if (sig is not None and sig[1]) or (
+            not cut and head[:3] == GZIP_MAGIC and gzip_holds_hep3(data)
+        ):
+            self._found_hep = True
+            self._out.append(Record(data, ts, pos))
+            return
+        if sig is not None:
+            kind, port = f"HEPv{sig[0]}", dport
+        else:
+            kind, port = ("SIP", min(sport, dport)) if is_start(data) else ("other", dport)
+        self._tally(kind, "UDP", port)
         self._problem(
             Reason.NOT_HEP,
             pos,
-            f"UDP {_endpoint(src, sport)} -> {_endpoint(dst, dport)} (first bytes {head.hex()})",
+            f"UDP {_endpoint(src, sport)} -> {_endpoint(dst, dport)} (first bytes {head.hex()})"
+            + (f"; looks like HEPv{sig[0]} but is not certain" if sig is not None else ""),
         )
+
+    def _tally(self, kind: str, transport: str, port: int) -> None:
+        seen = self.seen_instead
+        key = (kind, transport, port)
+        if key not in seen and len(seen) >= MAX_SEEN_KINDS:
+            key = (kind, transport, 0)  # 0: ports past the cap
+        seen[key] += 1
 
     # --- TCP ------------------------------------------------------------------------------
 
@@ -1259,6 +1307,8 @@ class PcapSource:
             key[1] in ports
             or key[3] in ports
             or (data.startswith(HEP3_MAGIC) if len(data) >= 4 else HEP3_MAGIC.startswith(data))
+            or gzip_holds_hep3(data)
+            or _certain_hep12(data)
         )
 
     def _not_hep(self, key: _FlowKey, half: _Half, pos: int, data: bytes) -> None:
@@ -1268,6 +1318,10 @@ class PcapSource:
         other = self._flows.get((key[2], key[3], key[0], key[1]))
         if other is not None and other.state == _IGNORED:
             return  # counted once per connection, not once per direction
+        if is_start(data):
+            self._tally("SIP", "TCP", min(key[1], key[3]))
+        else:
+            self._tally("other", "TCP", key[3])
         self._problem(
             Reason.NOT_HEP,
             pos,
@@ -1322,11 +1376,17 @@ class PcapSource:
         assert half.next_seq is not None
         half.next_seq = (half.next_seq + len(data)) % SEQ_MOD
         if half.state == _NEW:
-            if half.isn is None and (
-                half.scanned  # already searching: "H" alone does not end the search
-                or not (
-                    data.startswith(HEP3_MAGIC) if len(data) >= 4 else HEP3_MAGIC.startswith(data)
+            if (
+                half.isn is None
+                and (
+                    half.scanned  # already searching: "H" alone does not end the search
+                    or not (
+                        data.startswith(HEP3_MAGIC)
+                        if len(data) >= 4
+                        else HEP3_MAGIC.startswith(data)
+                    )
                 )
+                and not gzip_holds_hep3(data)
             ):
                 found = self._midstream_start(key, half, data, pos)
                 if found is None:
@@ -1355,6 +1415,8 @@ class PcapSource:
             self._fail(half)
             return
         out = self._out
+        if messages:
+            self._found_hep = True
         for message in messages:
             out.append(Record(message, ts, pos))
         # Remember the pending message's header: after a hole it tells where the next starts.
@@ -1492,3 +1554,30 @@ class PcapSource:
         half.deframer = None
         half.ooo = {}
         half.ooo_bytes = 0
+
+
+def no_hep_diagnosis(seen: Counter[tuple[str, str, int]]) -> str:
+    """One line saying what a capture without HEP holds instead, and the likely fix.
+
+    Example: ``247 UDP datagrams on port 9061 look like HEPv2: pass --hep-port 9061``.
+    """
+    parts = []
+    for (kind, transport, port), n in seen.most_common(2):
+        units = (
+            ("datagrams" if transport == "UDP" else "connections")
+            if n != 1
+            else ("datagram" if transport == "UDP" else "connection")
+        )
+        where = f"on port {port}" if port else "on various ports"
+        if kind.startswith("HEP"):
+            parts.append(
+                f"{n} {transport} {units} {where} look like {kind}: pass --hep-port {port}"
+            )
+        elif kind == "SIP":
+            parts.append(
+                f"{n} {transport} {units} {where} look like plain SIP, not HEP"
+                " (open the capture in Wireshark or sngrep as it is)"
+            )
+        else:
+            parts.append(f"{n} {transport} {units} {where} are neither HEP nor SIP")
+    return "; ".join(parts)
