@@ -126,13 +126,18 @@ def test_unknown_format_is_one_line_exit_1(tmp_path: Path) -> None:
     assert "Traceback" not in stderr
 
 
-def test_hepv2_raw_file_is_refused_with_a_hint(tmp_path: Path) -> None:
+def test_hepv2_raw_file_is_framed_by_its_sip(tmp_path: Path) -> None:
+    # issue 11: v1/v2 back to back (Kamailio over HEP/TCP, saved with nc) is read like a
+    # stream; a v2 whose payload is not SIP cannot be framed and is counted.
     v2 = tmp_path / "v2.bin"
-    v2.write_bytes(hep.encode(hep.HepMessage(2, 17, A, B, 5060, 5060, T0, INVITE)))
-    code, _, stderr = _run(["convert", str(v2), "-w", "-"])
-    assert code == 1
-    assert "HEPv2" in stderr
-    assert "pcap" in stderr
+    one = hep.encode(hep.HepMessage(2, 17, A, B, 5060, 5060, T0, INVITE))
+    v2.write_bytes(one * 2)
+    code, stdout, stderr = _run(["convert", str(v2), "-w", "-"])
+    assert (code, _epb_count(stdout)) == (0, 2)
+    v2.write_bytes(hep.encode(hep.HepMessage(2, 17, A, B, 5060, 5060, T0, b"\0\1junk\n")))
+    code, stdout, stderr = _run(["convert", str(v2), "-w", "-"])
+    assert (code, _epb_count(stdout)) == (0, 0)
+    assert "v12_on_stream=1" in stderr
 
 
 def test_unwritable_output_is_exit_1(dump: Path, tmp_path: Path) -> None:

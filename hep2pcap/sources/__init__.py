@@ -14,9 +14,10 @@ from contextlib import ExitStack
 from typing import BinaryIO, Protocol
 
 from ..errors import InputError
+from ..hep import hep12_header_size
 from ..pcapng import PCAPNG_MAGIC
 from ..pipeline import Source
-from .rawfile import RawHepSource
+from .rawfile import BufferFileSource, RawHepSource, looks_like_buffer_file
 
 log = logging.getLogger("hep2pcap")
 
@@ -203,14 +204,16 @@ def _detect(
         raise InputError(f"{name}: starts with the 'EEP3' alias of HEP3; --lenient accepts it")
     if head[:4] in (b"HEP3", b"EEP3") or not head:
         return RawHepSource(name, stream, lenient=lenient)
-    if head[0] in (1, 2):
-        raise InputError(
-            f"{name}: starts like HEPv{head[0]}, which has no length field and cannot be read "
-            "from a raw file; capture it as a pcap (tcpdump -w) instead"
-        )
+    head = read_up_to(stream, 8)  # the same 4 bytes again, and 4 more: a heplify buffer
+    stream = Prepended(head, stream)
+    if looks_like_buffer_file(head):
+        return BufferFileSource(name, stream)
+    if hep12_header_size(head) is not None:
+        # HEPv1/v2 back to back, as Kamailio streams them over HEP/TCP: framed by their SIP.
+        return RawHepSource(name, stream, lenient=lenient)
     raise InputError(
         f"{name}: unknown format (first bytes {head.hex()}); expected a raw HEPv3 dump, "
-        "pcap or pcapng, optionally gzip-compressed"
+        "a heplify buffer file, pcap or pcapng, optionally gzip-compressed"
     )
 
 
