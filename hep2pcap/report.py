@@ -2,11 +2,20 @@
 
 Owns: the health report over the pipeline's accepted messages (time range, agents,
 versions, payload types, transports, directions, SIP methods and responses, calls) and
-the warnings a person must see: dialogs or flows seen in one direction only (the
-FreeSWITCH FS-9657 signature), packets mirrored by several agents, packets received
-more than once from the same agent, an input with no HEP message, SIP messages shorter
-than their Content-Length, and time going backwards per agent. Must never: do I/O or
-read clocks; memory stays bounded (per-dialog tracking stops at a cap, and says so).
+the warnings a person must see: SIP transactions mirrored from one side only, per agent
+and transport (the FreeSWITCH FS-9657 signature: a sender that does not mirror what it
+receives over TLS), dialogs seen in one direction only, packets mirrored by several agents,
+packets received more than once from the same agent, an input with no HEP message (and,
+for a capture, what it held instead), SIP messages shorter than their Content-Length, and
+time going backwards per agent. Must never: do I/O or read clocks; memory stays bounded
+(per-dialog and per-transaction tracking stop at a cap, and say so).
+
+Why transactions and not 5-tuples (issue 11): the HEP addresses of TCP/TLS legs do not pair
+up — a proxy reports its listening port as the source of connections it opened, replies
+name the Via address rather than the connection's, connections are reused — so "flows seen
+in one direction only" fires on complete captures and cannot see a missing half. A request
+and its responses share the top Via branch and the CSeq method on every hop, however the
+addresses are reported.
 """
 
 from __future__ import annotations
@@ -24,13 +33,20 @@ from .frames import proto_name
 from .hep import PAYLOAD_TYPE_NAMES, HepMessage, PayloadType
 from .pcapng import InterfaceStatistics
 from .repair import CopyFinder, is_truncated
+from .sip import top_via_branch
 from .split import CallIndex
 from .stats import Stats
 
 #: Dialogs tracked for the one-direction check; past this they are counted only.
 MAX_DIALOGS = 500_000
-#: Flows tracked for the one-direction check.
+#: Flows tracked for the directions list.
 MAX_FLOWS = 100_000
+#: Transactions tracked for the one-sided check; past this they are counted only.
+MAX_TRANSACTIONS = 500_000
+#: An (agent, transport) is reported when at least this many of its transactions, and at
+#: least half of them, were seen from one side only (one lost datagram is not a pattern).
+ONE_SIDED_MIN = 2
+_REQUEST, _RESPONSE = 1, 2
 #: A backwards step in one agent's HEP time this large is a warning (smaller ones are
 #: the usual jitter of multi-threaded senders and are only counted).
 BACKWARDS_WARN_US = 1_000_000
@@ -96,6 +112,9 @@ class Report:
         self._copies = CopyFinder(dedup_window_us)
         self.dialogs: dict[tuple[int | None, str], _Dialog] = {}
         self.dialogs_untracked = 0
+        #: (agent, transport, Call-ID, branch, CSeq, CSeq method) -> _REQUEST | _RESPONSE bits
+        self.transactions: dict[tuple[int | None, str, str, str, int, str], int] = {}
+        self.transactions_untracked = 0
         self.calls = CallIndex()  # B2BUA legs linked by correlation id are one call
         #: the Interface Statistics Blocks of the inputs (pcapng), as to_dict shows them
         self.capture_statistics: list[dict[str, Any]] = []
@@ -174,6 +193,19 @@ class Report:
             self.truncated += 1
         if head.call_id:
             self._dialog(msg, head, src, dst)
+            self._transaction(msg, head, proto)
+
+    def _transaction(self, msg: HepMessage, head: sip.SipHead, proto: str) -> None:
+        method = head.cseq_method
+        if method is None or head.cseq is None or method == "ACK":  # ACK is never answered
+            return
+        branch = top_via_branch(msg.payload, head.head_len) or ""
+        key = (msg.capture_id, proto, head.call_id or "", branch, head.cseq, method)
+        seen = self.transactions.get(key)
+        if seen is None and len(self.transactions) >= MAX_TRANSACTIONS:
+            self.transactions_untracked += 1
+            return
+        self.transactions[key] = (seen or 0) | (_REQUEST if head.method else _RESPONSE)
 
     def _dialog(self, msg: HepMessage, head: sip.SipHead, src: Endpoint, dst: Endpoint) -> None:
         key = (msg.capture_id, head.call_id or "")
@@ -204,19 +236,61 @@ class Report:
             out[k] = (one, total + 1, example)
         return out
 
-    def one_way_flows(self) -> Counter[str]:
-        """Per transport: flows (≥ 2 messages) whose reverse direction never appears."""
-        out: Counter[str] = Counter()
-        dirs = self.directions
-        for (proto, src, dst), n in dirs.items():
-            if n >= 2 and (proto, dst, src) not in dirs:
-                out[proto] += 1
+    def one_sided(self) -> dict[tuple[int | None, str], dict[str, int]]:
+        """Per (agent, transport): transactions, those seen as a request only and as
+        responses only, dialogs, and dialogs with a one-sided transaction."""
+        out: dict[tuple[int | None, str], dict[str, int]] = {}
+        dialogs: dict[tuple[int | None, str], set[str]] = {}
+        bad: dict[tuple[int | None, str], set[str]] = {}
+        for (agent, proto, call_id, _, _, _), seen in self.transactions.items():
+            k = (agent, proto)
+            row = out.get(k)
+            if row is None:
+                row = out[k] = {"transactions": 0, "requests_only": 0, "responses_only": 0}
+                dialogs[k], bad[k] = set(), set()
+            row["transactions"] += 1
+            dialogs[k].add(call_id)
+            if seen == _REQUEST:
+                row["requests_only"] += 1
+                bad[k].add(call_id)
+            elif seen == _RESPONSE:
+                row["responses_only"] += 1
+                bad[k].add(call_id)
+        for k, row in out.items():
+            row["dialogs"], row["one_sided_dialogs"] = len(dialogs[k]), len(bad[k])
         return out
 
     def usual_copy_spacing_us(self) -> int | None:
         """The median time between a packet and its copy from the same agent."""
         gaps = sorted(self._copy_gaps)
         return gaps[len(gaps) // 2] if gaps else None
+
+    def _one_sided_warnings(self) -> tuple[list[str], set[tuple[int | None, str]]]:
+        out, flagged = [], set()
+        for (agent, proto), row in sorted(self.one_sided().items(), key=lambda kv: str(kv[0])):
+            one = row["requests_only"] + row["responses_only"]
+            if one < ONE_SIDED_MIN or 2 * one < row["transactions"]:
+                continue
+            flagged.add((agent, proto))
+            req, resp = row["requests_only"], row["responses_only"]
+            if proto in ("TLS", "TCP"):
+                meaning = (
+                    f"the sender does not mirror the {proto} messages it receives "
+                    "(the FreeSWITCH FS-9657 signature); the capture is missing that half"
+                )
+            elif resp and not req:
+                meaning = "the requests of these transactions were never mirrored"
+            elif req and not resp:
+                meaning = "no response was mirrored (unanswered, or responses not mirrored)"
+            else:
+                meaning = "one side of each of these transactions was never mirrored"
+            out.append(
+                f"agent {_agent(agent)}: {one} of {row['transactions']} {proto} transactions in "
+                f"{row['one_sided_dialogs']} of {row['dialogs']} dialogs were mirrored from one "
+                f"side only ({resp} responses without their request, {req} requests without a "
+                f"response): {meaning}"
+            )
+        return out, flagged
 
     def warnings(self, stats: Stats) -> list[str]:
         """What a person must see, most important first."""
@@ -226,19 +300,17 @@ class Report:
                 "no HEP messages"
                 + (f" accepted ({stats.read} read)" if stats.read else " in the input")
             )
+        one_sided, flagged = self._one_sided_warnings()
+        out.extend(one_sided)
         for (agent, proto), (one, total, ex) in sorted(
             self.one_way_dialogs().items(), key=lambda kv: (-kv[1][0], str(kv[0]))
         ):
-            if one and ex is not None:
+            if one and ex is not None and (agent, proto) not in flagged:
                 out.append(
                     f"agent {_agent(agent)}: {one} of {total} {proto} dialogs have messages "
                     f"in one direction only (e.g. {_endpoint(ex.src)} -> {_endpoint(ex.dst)}); "
                     "the capture is missing the other half"
                 )
-        flows = self.one_way_flows()
-        if flows:
-            text = ", ".join(f"{n} {proto}" for proto, n in sorted(flows.items()))
-            out.append(f"flows seen in one direction only: {text}")
         if self.duplicates:
             agents = ", ".join(sorted(map(_agent, self.duplicate_agents)))
             out.append(
@@ -282,6 +354,12 @@ class Report:
                 "no HEP found, but statistics blocks: this looks like a capture hep2pcap "
                 "wrote (its frames are the SIP itself; open it in Wireshark or sngrep)"
             )
+        if self.transactions_untracked:
+            out.append(
+                f"{self.transactions_untracked} messages past {MAX_TRANSACTIONS} transactions "
+                "not checked"
+            )
+        out.extend(stats.no_hep)
         return out
 
     def to_dict(self, stats: Stats) -> dict[str, Any]:
@@ -338,6 +416,12 @@ class Report:
                 {"agent": agent, "transport": proto, "one_way": one, "dialogs": total}
                 for (agent, proto), (one, total, _) in sorted(
                     self.one_way_dialogs().items(), key=lambda kv: str(kv[0])
+                )
+            ],
+            "one_sided_transactions": [
+                {"agent": agent, "transport": proto, **row}
+                for (agent, proto), row in sorted(
+                    self.one_sided().items(), key=lambda kv: str(kv[0])
                 )
             ],
             "skipped": _reasons(stats.skipped),

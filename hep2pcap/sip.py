@@ -16,7 +16,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["MAX_HEAD_BYTES", "SipHead", "is_start", "message_end", "parse", "skip_keepalive"]
+__all__ = [
+    "MAX_HEAD_BYTES",
+    "SipHead",
+    "is_start",
+    "message_end",
+    "parse",
+    "skip_keepalive",
+    "top_via_branch",
+]
 
 #: Headers (start line included) are looked for in this many bytes at most.
 MAX_HEAD_BYTES = 64 * 1024
@@ -326,3 +334,27 @@ def skip_keepalive(buf: bytes | bytearray, start: int = 0) -> int:
     """
     run = _KEEPALIVE.match(buf, start)
     return run.end() if run is not None else start  # "*" always matches: never None
+
+
+# RFC 3261 §20.42 / §7.3.3: the first Via header (or its compact form "v") and, in its first
+# value (before a comma), the branch parameter (§8.1.1.7: the transaction's id on this hop).
+_TOP_VIA = re.compile(rb"\n(?:via|v)[ \t]*:([^\n,]*)", re.IGNORECASE)
+_BRANCH = re.compile(rb";[ \t]*branch[ \t]*=[ \t]*([^;, \t\r\n]+)", re.IGNORECASE)
+
+
+def top_via_branch(payload: bytes, head_len: int) -> str | None:
+    """The branch of the first Via value of a SIP message: with the CSeq method it names
+    the transaction on this hop (a request and its responses carry the same one).
+
+    Args:
+        payload: the message.
+        head_len: the length of its head (:attr:`SipHead.head_len`); only the head is read.
+
+    Returns:
+        The branch as text, or None without a Via or a branch.
+    """
+    via = _TOP_VIA.search(payload, 0, min(head_len, MAX_HEAD_BYTES))
+    if via is None:
+        return None
+    branch = _BRANCH.search(via.group(1))
+    return branch.group(1).decode("utf-8", "replace") if branch is not None else None

@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 
 from hep2pcap.errors import Reason
+from hep2pcap.hep import HepMessage
 from hep2pcap.pipeline import Options, observe
 from hep2pcap.report import Report
 from hep2pcap.sources import open_inputs
@@ -83,10 +84,16 @@ def test_fs_9657_one_direction_warning(ticket: tuple[Report, Stats, dict[str, An
     fs = one_way[(FACTS["one_way"]["agent"], FACTS["one_way"]["transport"])]
     assert fs["one_way"] == fs["dialogs"] == FACTS["one_way"]["dialogs"]
     assert all(x["one_way"] == 0 for k, x in one_way.items() if k[0] != 301)
+    # The transaction check names it (and the dialog check, saying the same, stays quiet).
+    one_sided = {(x["agent"], x["transport"]): x for x in d["one_sided_transactions"]}
+    assert one_sided[(301, "TLS")]["requests_only"] == 6
+    assert one_sided[(301, "TLS")]["one_sided_dialogs"] == 3
     assert any(
-        w.startswith("agent 301: 3 of 3 TLS dialogs have messages in one direction only")
+        w.startswith("agent 301: 6 of 6 TLS transactions in 3 of 3 dialogs were mirrored from")
+        and "FS-9657" in w
         for w in d["warnings"]
     )
+    assert not any("TLS dialogs have messages in one direction only" in w for w in d["warnings"])
 
 
 def test_copies_truncation_warnings(ticket: tuple[Report, Stats, dict[str, Any]]) -> None:
@@ -190,3 +197,69 @@ def test_an_input_of_rejected_messages_says_none_accepted() -> None:
     stats = Stats()
     stats.read = 3  # three messages read, every one rejected: none reached the report
     assert Report().to_dict(stats)["warnings"][0] == "no HEP messages accepted (3 read)"
+
+
+# --- issue 11: transactions, not 5-tuples -----------------------------------------------
+
+
+def _msg(
+    first: str, src: int, dst: int, branch: str, cseq: str, proto: int = 22, call: str = "c1"
+) -> HepMessage:
+    text = (
+        f"{first}\r\nVia: SIP/2.0/TLS 10.0.0.{src}:5061;branch={branch};rport\r\n"
+        f"Call-ID: {call}\r\nCSeq: {cseq}\r\nContent-Length: 0\r\n\r\n"
+    )
+    return HepMessage(
+        3, proto, bytes([10, 0, 0, src]), bytes([10, 0, 0, dst]), 5061, 5061, 0,
+        text.encode(), capture_id=2001,
+    )  # fmt: skip
+
+
+CALL = [  # a proxy (10.0.0.2) between a TLS UAC (.1) and a UAS (.3); ports never pair up
+    _msg("INVITE sip:b@x SIP/2.0", 1, 2, "z9hG4bK-a", "1 INVITE"),
+    _msg("SIP/2.0 100 Trying", 2, 1, "z9hG4bK-a", "1 INVITE"),
+    _msg("INVITE sip:b@x SIP/2.0", 2, 3, "z9hG4bK-b", "1 INVITE", proto=17),
+    _msg("SIP/2.0 200 OK", 3, 2, "z9hG4bK-b", "1 INVITE", proto=17),
+    _msg("SIP/2.0 200 OK", 2, 1, "z9hG4bK-a", "1 INVITE"),
+    _msg("ACK sip:b@x SIP/2.0", 1, 2, "z9hG4bK-c", "1 ACK"),
+    _msg("BYE sip:b@x SIP/2.0", 1, 2, "z9hG4bK-d", "2 BYE"),
+    _msg("BYE sip:b@x SIP/2.0", 2, 3, "z9hG4bK-e", "2 BYE", proto=17),
+    _msg("SIP/2.0 200 OK", 3, 2, "z9hG4bK-e", "2 BYE", proto=17),
+    _msg("SIP/2.0 200 OK", 2, 1, "z9hG4bK-d", "2 BYE"),
+]
+
+
+def _warnings_of(messages: list[HepMessage]) -> list[str]:
+    report = Report()
+    for i, m in enumerate(messages):
+        report.observe(i, m)
+    return report.warnings(Stats())
+
+
+def test_complete_proxied_tls_call_raises_no_alarm() -> None:
+    assert _warnings_of(CALL) == []
+
+
+def test_incoming_tls_half_missing_is_named() -> None:
+    received = {0, 5, 6}  # what the proxy received over TLS (the UAC's requests)
+    (warning,) = _warnings_of([m for i, m in enumerate(CALL) if i not in received])
+    assert warning.startswith(
+        "agent 2001: 2 of 2 TLS transactions in 1 of 1 dialogs were mirrored from one side only"
+        " (2 responses without their request, 0 requests without a response)"
+    )
+    assert "FS-9657" in warning
+
+
+def test_one_leg_of_a_proxy_only_raises_no_alarm() -> None:
+    # The collector legitimately sees only the UDP leg (another agent mirrors the TLS one).
+    assert _warnings_of([m for m in CALL if m.ip_proto == 17]) == []
+
+
+def test_one_lost_response_is_not_a_pattern() -> None:
+    calls = []
+    for n in range(5):
+        calls.append(_msg("OPTIONS sip:b@x SIP/2.0", 1, 2, f"b-{n}", "1 OPTIONS", call=f"c{n}"))
+        calls.append(_msg("SIP/2.0 200 OK", 2, 1, f"b-{n}", "1 OPTIONS", call=f"c{n}"))
+    assert _warnings_of(calls[:-1]) == []
+    (warning,) = _warnings_of([m for i, m in enumerate(calls) if i not in (5, 7, 9)])
+    assert "3 of 5 TLS transactions in 3 of 5 dialogs" in warning  # most of them: a pattern

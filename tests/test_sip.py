@@ -536,3 +536,24 @@ def test_parse_and_message_end_agree(data: bytes) -> None:
 
 def test_module_constants() -> None:
     assert sip.MAX_HEAD_BYTES == 64 * 1024
+
+
+@pytest.mark.parametrize(
+    ("head", "branch"),
+    [
+        (
+            b"INVITE sip:a SIP/2.0\r\nVia: SIP/2.0/TLS h:5061;branch=z9hG4bK-1;rport\r\n\r\n",
+            "z9hG4bK-1",
+        ),
+        (
+            b"SIP/2.0 200 OK\r\nv: SIP/2.0/UDP h;rport=5;BRANCH = z9-2\r\nVia: x;branch=3\r\n\r\n",
+            "z9-2",
+        ),
+        (b"BYE sip:a SIP/2.0\r\nVia: SIP/2.0/UDP h, SIP/2.0/UDP g;branch=z9-4\r\n\r\n", None),
+        (b"BYE sip:a SIP/2.0\r\nCall-ID: x\r\n\r\n", None),
+    ],
+)
+def test_top_via_branch(head: bytes, branch: str | None) -> None:
+    h = sip.parse(head)
+    assert h is not None
+    assert sip.top_via_branch(head, h.head_len) == branch

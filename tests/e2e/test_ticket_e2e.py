@@ -160,7 +160,8 @@ def test_info_shows_the_incomplete_capture(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout.decode()
-    assert "agent 301: 3 of 3 TLS dialogs have messages in one direction only" in text
+    assert "agent 301: 6 of 6 TLS transactions in 3 of 3 dialogs were mirrored from one" in text
+    assert "FS-9657" in text
     proc = subprocess.run(
         [*hep2pcap_cmd(), "info", "--json", str(TICKET)],
         capture_output=True,
