@@ -178,6 +178,7 @@ class Kamailio:
         tls: listen for TLS too (a self-signed certificate is made in ``workdir``).
         extra: more configuration lines (loadmodule/modparam) after siptrace's.
         route: the ``request_route`` body; default :data:`RELAY_ROUTE` with ``target``.
+        events: more top-level routes (``event_route[...]``, ``route[...]``) at the end.
     """
 
     def __init__(
@@ -192,6 +193,7 @@ class Kamailio:
         tls: bool = False,
         extra: str = "",
         route: str | None = None,
+        events: str = "",
     ) -> None:
         self.workdir = workdir
         self.hosts = hosts
@@ -226,6 +228,7 @@ class Kamailio:
                 extra=extra,
                 route=route if route is not None else RELAY_ROUTE.format(target=target),
             )
+            + events
         )
         self.log = workdir / "kamailio.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -354,10 +357,12 @@ def sipp_uas(
     port = free_port(host)
     log = workdir / f"uas-{transport}-{port}.log"
     cmd = [*_sipp_cmd("uas", host, port, transport, log), "-m", str(calls)]
-    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    out = log.with_suffix(".out")
+    with out.open("wb") as f:
+        proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=f)
     deadline = time.monotonic() + START_DEADLINE_S
     while not log.exists() and time.monotonic() < deadline:  # sipp opens it when ready
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+        assert proc.poll() is None, out.read_text(errors="replace")
         time.sleep(0.05)
     return proc, port, log
 
@@ -389,8 +394,9 @@ class SippMessage:
     data: bytes
 
 
+# sipp 3.6 writes "UDP message sent (511 bytes):" and "UDP message received [316] bytes :".
 _SIPP_BLOCK = re.compile(
-    rb"(UDP|TCP) message (sent|received)(?: from \[[^\]]*\]:\d+)? \((\d+) bytes\):\n\n"
+    rb"(UDP|TCP) message (sent|received) (?:\((\d+) bytes\):|\[(\d+)\] bytes :)\n\n"
 )
 
 
@@ -400,7 +406,7 @@ def sipp_messages(log: Path) -> list[SippMessage]:
     raw = log.read_bytes()
     out = []
     for m in _SIPP_BLOCK.finditer(raw):
-        size = int(m[3])
+        size = int(m[3] or m[4])
         out.append(SippMessage(m[2].decode(), m[1].decode(), raw[m.end() : m.end() + size]))
     return out
 
@@ -500,3 +506,114 @@ def iter_lines(path: Path) -> Iterator[str]:
     """The lines of a log file (empty if it does not exist)."""
     if path.exists():
         yield from path.read_text(errors="replace").splitlines()
+
+
+# --- receivers: hep2pcap listen, and a real capture of the HEP traffic -----------------------
+
+
+def _read_until(
+    proc: subprocess.Popen[bytes], pattern: bytes, deadline_s: float
+) -> re.Match[bytes]:
+    assert proc.stderr is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stderr, selectors.EVENT_READ)
+    seen = b""
+    deadline = time.monotonic() + deadline_s
+    while (left := deadline - time.monotonic()) > 0:
+        if sel.select(timeout=left):
+            chunk = proc.stderr.read1(4096)  # type: ignore[attr-defined]
+            if not chunk:
+                break
+            seen += chunk
+            m = re.search(pattern, seen)
+            if m:
+                return m
+    raise AssertionError(f"{pattern!r} not seen in time: {seen!r}")
+
+
+class Listen:
+    """``hep2pcap listen -l SCHEME:127.0.0.1:0 -w OUT`` (window 0) and its bound port."""
+
+    def __init__(self, command: list[str], scheme: str, out: Path, *args: str) -> None:
+        cmd = [*command, "listen", "-l", f"{scheme}:127.0.0.1:0", "-w", str(out)]
+        cmd += ["--duration", "120", "--window", "0", *args]
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        pattern = rb"listening on " + scheme.encode() + rb":127\.0\.0\.1:(\d+)"
+        self.port = int(_read_until(self.proc, pattern, START_DEADLINE_S).group(1))
+
+    def stop(self) -> str:
+        """SIGINT by PID, then the summary it printed."""
+        self.proc.send_signal(signal.SIGINT)
+        _, err = self.proc.communicate(timeout=TIMEOUT_S)
+        assert self.proc.returncode == 0, err
+        return err.decode(errors="replace")
+
+
+class Capture:
+    """``dumpcap -i lo -f 'port N'``: a real capture of the HEP traffic to port N.
+
+    dumpcap says "Capturing on" before it captures: the capture is taken as started once a
+    probe datagram (to a UDP port of ours, also in the filter) has reached the file, so the
+    capture holds those probes too (counted as not HEP). Skips the test when dumpcap is
+    missing or may not capture (it needs CAP_NET_RAW)."""
+
+    def __init__(self, path: Path, port: int) -> None:
+        dumpcap = require("dumpcap")
+        self.path = path
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", 0))
+        probe_port: int = probe.getsockname()[1]
+        self.probe_port = probe_port
+        filt = f"port {port} or udp port {probe_port}"
+        cmd = [dumpcap, "-q", "-i", "lo", "-f", filt, "-w", str(path)]
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        try:
+            _read_until(self.proc, rb"Capturing on", START_DEADLINE_S)
+            deadline = time.monotonic() + START_DEADLINE_S
+            while time.monotonic() < deadline:
+                probe.sendto(b"probe", ("127.0.0.1", probe_port))
+                if path.exists() and path.stat().st_size > 0 and self._has_packets():
+                    break
+                time.sleep(0.02)
+            else:
+                raise AssertionError("no probe reached the capture in time")
+        except AssertionError as exc:
+            self.proc.kill()
+            self.proc.communicate(timeout=10)
+            if os.environ.get("CI"):
+                raise
+            pytest.skip(f"dumpcap cannot capture on lo here: {exc}")
+        finally:
+            probe.close()
+
+    def _has_packets(self) -> bool:
+        # Walk the whole blocks written so far (dumpcap writes this host's byte order,
+        # little-endian here) looking for an Enhanced Packet Block (type 6).
+        data = self.path.read_bytes()
+        pos = 0
+        while pos + 8 <= len(data):
+            btype, blen = (
+                int.from_bytes(data[pos : pos + 4], "little"),
+                int.from_bytes(data[pos + 4 : pos + 8], "little"),
+            )
+            if blen < 12 or pos + blen > len(data):
+                return False
+            if btype == 6:
+                return True
+            pos += blen
+        return False
+
+    def stop(self) -> Path:
+        """SIGINT by PID; then the capture without the probes (tshark), next to it."""
+        time.sleep(0.5)  # the last packets reach the capture buffer
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.communicate(timeout=TIMEOUT_S)
+        clean = self.path.with_name(f"{self.path.stem}-hep{self.path.suffix}")
+        self.keep = f"not udp.port == {self.probe_port}"
+        subprocess.run(
+            [require("tshark"), "-r", str(self.path), "-w", str(clean), "-Y", self.keep],
+            check=True,
+            capture_output=True,
+            timeout=TIMEOUT_S,
+        )
+        return clean
