@@ -337,8 +337,8 @@ def _options(
 INPUTS = click.argument("inputs", nargs=-1, required=True, type=click.Path(allow_dash=True))
 HEP_PORT = click.option(
     "--hep-port", "hep_ports", multiple=True, type=click.IntRange(1, 65535), metavar="PORT",
-    help="In pcaps, UDP/TCP port carrying HEP (v1/v2 need it; HEP3 is found on any port). "
-    "Repeatable; default 9060.",
+    help="In pcaps, UDP/TCP port whose traffic is HEP whatever it looks like (HEP is found on "
+    "any port by its signature; this forces it). Repeatable; default 9060.",
 )  # fmt: skip
 LENIENT = click.option(
     "--lenient", is_flag=True,
