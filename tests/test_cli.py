@@ -704,3 +704,42 @@ def test_readme_exit_code_table_row(tmp_path: Path, code: int) -> None:
         got, err, _ = _stopped_by(code - 128, tmp_path)
         assert len(err.splitlines()) == 1
     assert got == code
+
+
+def _udp_pcap(tmp_path: Path, payloads: list[bytes], dport: int) -> Path:
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    pkts = []
+    for p in payloads:
+        pkt = Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=40000, dport=dport) / p
+        pkt.time = T0 / 1e6
+        pkts.append(pkt)
+    path = tmp_path / "in.pcap"
+    wrpcap(str(path), pkts)
+    return path
+
+
+def test_gzip_wrapped_datagrams_are_counted_and_noted(tmp_path: Path) -> None:
+    # heplify v2 payload_zip: the whole frame gzip-compressed, on any port (issue 11).
+    frame = hep.encode(hep.HepMessage(3, 17, A, B, 5060, 5060, T0, INVITE, capture_id=7))
+    src = _udp_pcap(tmp_path, [gzip.compress(frame), gzip.compress(frame), frame], 9999)
+    code, stdout, stderr = _run(["convert", str(src), "-w", "-"])
+    assert (code, _epb_count(stdout)) == (0, 3)
+    assert "read 3, wrote 3" in stderr
+    assert "  gzip-wrapped: 2\n" in stderr
+    assert "repaired/warned" not in stderr
+    assert stdout.count(b"notes: gzip_wrapped") == 2
+
+
+def test_no_hep_diagnosis_in_convert_and_info(tmp_path: Path) -> None:
+    src = _udp_pcap(tmp_path, [INVITE] * 4, 5060)
+    code, stdout, stderr = _run(["convert", str(src), "-w", "-"])
+    assert (code, _epb_count(stdout)) == (0, 0)
+    line = f"no HEP in {src}: 4 UDP datagrams on port 5060 look like plain SIP, not HEP"
+    assert line in stderr
+    assert stderr.count("no HEP in") == 1
+    code, stdout, _ = _run(["info", str(src)])
+    assert code == 0
+    assert f"  ! {line}" in stdout.decode()

@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
+from realsenders import require as _require_tool
 
 # --- tools --------------------------------------------------------------------------------
-
-
-def _require_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        reason = f"{name} is not installed ('make tools' installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
 
 
 @pytest.fixture(scope="session")
