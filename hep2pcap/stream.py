@@ -27,8 +27,12 @@ from .hep import (
     V12_HEADER,
     hep12_header_size,
 )
-from .sip import is_start, message_end
+from .sip import is_start, message_end, parse
 
+#: What a v1/v2 message still being received waits for: the end of its SIP start line, or
+#: the blank line ending its SIP head (bare LF accepted, as sip.py does).
+_LINE_END = (b"\n",)
+_HEAD_END = (b"\n\n", b"\n\r\n")
 #: Compressed bytes one gzip member may take on a stream: a deflate stream of stored blocks
 #: holding MAX_UNWRAPPED bytes, with the gzip header and trailer, fits easily.
 MAX_MEMBER_BYTES = MAX_UNWRAPPED + 4096
@@ -63,6 +67,10 @@ class HepDeframer:
         "_raised",
         "_resync",
         "_scanning",
+        "_v12_line_ok",
+        "_v12_need",
+        "_v12_scanned",
+        "_v12_wait",
         "offset",
         "problems",
         "starts",
@@ -88,6 +96,11 @@ class HepDeframer:
         self._member: zlib._Decompress | None = None
         self._member_out = 0
         self._member_parts: list[bytes] = []
+        # A v1/v2 message still being received: bytes to wait for, bytes known head-only.
+        self._v12_need = 0
+        self._v12_scanned = 0
+        self._v12_line_ok = False
+        self._v12_wait: tuple[bytes, ...] = ()  # what the pending v1/v2 message waits for
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add bytes; return every message now complete, in order.
@@ -122,6 +135,15 @@ class HepDeframer:
             # fails the same however the stream was cut.
             if self._have < self._need and self._need > HEP3_HEADER.size:
                 return out
+            wait = self._v12_wait
+            if wait and self._have < MAX_HEP3_LENGTH:
+                # A v1/v2 message whose SIP start line or head is not whole yet: look at the
+                # new bytes only (and the 3 before them), not at everything held again.
+                probe = b"".join(self._parts[-4:-1])[-3:] + data
+                if not any(w in probe for w in wait):
+                    self._v12_scanned = self._have
+                    self._need = self._have + 1
+                    return out
             buf = b"".join(self._parts)
             self._parts = []
             self._have = 0
@@ -155,8 +177,8 @@ class HepDeframer:
                         out.append(buf[pos:end])
                         pos = end
                         continue
-                    if end == 0:  # a v1/v2 message not yet complete
-                        self._keep(buf, pos, len(buf) - pos + 1)
+                    if end == 0:  # a v1/v2 message not yet complete: _v12_need says when
+                        self._keep(buf, pos, self._v12_need)
                         return out
                 return self._fail(out, buf, pos, magic, total)
             if size - pos < total:
@@ -193,21 +215,45 @@ class HepDeframer:
 
     def _v12_end(self, buf: bytes, pos: int) -> int:
         """A HEPv1/v2 message at ``buf[pos]`` (Kamailio siptrace streams them over TCP):
-        the offset just past it; 0 while incomplete; -1 when it cannot be framed (its
-        payload is not a SIP message, or it would be longer than a HEPv3 message)."""
-        if len(buf) - pos < V12_HEADER.size:
+        the offset just past it; 0 while incomplete (then ``_v12_need`` is how many bytes
+        from ``pos`` to wait for); -1 when it cannot be framed (its payload is not a SIP
+        message, or it would be longer than a HEPv3 message).
+
+        Linear however the bytes are cut: the search for the end of the SIP head resumes
+        where the last one stopped, and once the head is whole the exact length is known.
+        """
+        held = len(buf) - pos
+        self._v12_need = held + 1
+        if held < V12_HEADER.size:
             return 0
         fixed = hep12_header_size(buf, pos)
         if fixed is None:
             return -1
         start = pos + fixed
-        if buf.find(b"\n", start, start + MAX_HEP3_LENGTH) < 0:
-            return 0 if len(buf) - pos < MAX_HEP3_LENGTH else -1
-        if not is_start(buf, start):
-            return -1
+        resume = max(start, pos + self._v12_scanned - 3)
+        if not self._v12_line_ok:  # the SIP start line, checked once it is whole
+            if buf.find(b"\n", resume) < 0:
+                self._v12_scanned = held
+                self._v12_wait = _LINE_END
+                return 0 if held < MAX_HEP3_LENGTH else -1
+            if not is_start(buf, start):
+                return -1
+            self._v12_line_ok = True
+        if buf.find(b"\n\n", resume) < 0 and buf.find(b"\n\r\n", resume) < 0:
+            self._v12_scanned = held  # no blank line up to here: the head goes on
+            self._v12_wait = _HEAD_END
+            return 0 if held < MAX_HEP3_LENGTH else -1
+        self._v12_wait = ()
         end = message_end(buf, start)
         if end is None:
-            return 0 if len(buf) - pos < MAX_HEP3_LENGTH else -1
+            head = parse(buf[start:])
+            if head is None or held >= MAX_HEP3_LENGTH:
+                return -1
+            self._v12_need = fixed + head.head_len + (head.content_length or 0)
+            return 0
+        self._v12_scanned = 0
+        self._v12_line_ok = False
+        self._v12_wait = ()
         return end if end - pos <= MAX_HEP3_LENGTH else -1
 
     def _member_start(self, buf: bytes, pos: int, out: list[bytes]) -> int:

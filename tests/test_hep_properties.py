@@ -284,5 +284,10 @@ def test_deframer_keeps_messages_before_trailing_garbage(
     assert d.feed(b"".join(units) + garbage) == units
     with pytest.raises(DecodeError) as info:
         d.eof()
-    assert info.value.reason in (Reason.BAD_MAGIC, Reason.V12_ON_STREAM)
+    allowed = {Reason.BAD_MAGIC, Reason.V12_ON_STREAM}
+    if garbage[0] in (1, 2) or b"\x1f\x8b\x08".startswith(garbage[:3]):
+        # the start of a HEPv1/v2 message (framed by its SIP) or of a gzip-wrapped frame,
+        # cut by the end of the stream (issue 11)
+        allowed |= {Reason.STREAM_TRUNCATED_AT_EOF, Reason.DECOMPRESS_FAILED}
+    assert info.value.reason in allowed
     assert info.value.offset == sum(map(len, units))

@@ -407,3 +407,28 @@ def test_dripped_message_costs_its_bytes_not_an_object_per_byte() -> None:
     assert len(d._parts) <= 65
     assert held < 20_000 + 65 * 64  # about the bytes, not 20,000 objects
     assert d.feed(msg[20_000:]) == [msg]
+
+
+def test_v12_trickled_byte_by_byte_is_not_rescanned() -> None:
+    # A peer sending a v1/v2 message one byte per read: what is held is looked at again only
+    # when the new byte can end the start line or the head, so the work stays linear.
+    long_head = v12(
+        1, 2, ip("10.0.0.1"), ip("10.0.0.2"),
+        payload=b"OPTIONS sip:a SIP/2.0\r\n" + b"X-Pad: p\r\n" * 3000
+        + b"Content-Length: 4\r\n\r\nbody",
+    )  # fmt: skip
+
+    class Counting(HepDeframer):
+        looks = 0
+
+        def _v12_end(self, buf: bytes, pos: int) -> int:
+            Counting.looks += 1
+            return super()._v12_end(buf, pos)
+
+    d = Counting()
+    out: list[bytes] = []
+    for i in range(len(long_head)):
+        out += d.feed(long_head[i : i + 1])
+    assert out == [long_head]
+    assert len(long_head) > 30_000
+    assert Counting.looks < 100
