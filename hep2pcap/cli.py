@@ -867,8 +867,10 @@ def info_cmd(
     """Report what HEP dumps hold and whether the capture looks complete.
 
     Time range, agents, HEP versions, payload types, transports, directions, SIP methods
-    and responses, calls, rejected messages by reason, repairs, and warnings: dialogs seen
-    in one direction only, copies from several agents, truncated SIP, time going backwards.
+    and responses, calls, rejected messages by reason, repairs, and warnings: SIP
+    transactions mirrored from one side only (the FS-9657 signature), dialogs seen in one
+    direction only, copies from several agents, truncated SIP, time going backwards, and
+    what an input without HEP holds instead.
 
     Example: hep2pcap info hep-traffic.pcap --json
     """

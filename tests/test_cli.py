@@ -413,7 +413,7 @@ def test_info_text_and_json(tmp_path: Path) -> None:
 
     code, out, err = _run(["info", str(TICKET)])
     assert code == 0, err
-    assert b"one direction only" in out
+    assert b"were mirrored from one side only" in out  # the FS-9657 signature (agent 301)
     code, out, _ = _run(["info", "--json", str(TICKET)])
     data = json.loads(out)
     assert data["sip"]["calls"] == 7
