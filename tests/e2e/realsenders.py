@@ -39,7 +39,6 @@ import pytest
 TIMEOUT_S = 60
 #: How long Kamailio may take to answer on its SIP port after it was started.
 START_DEADLINE_S = 20.0
-KAMAILIO_MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
 
 
 def require(name: str) -> str:
@@ -106,7 +105,6 @@ auto_aliases=no
 enable_tls={tls}
 onsend_route_reply=yes
 {listens}
-mpath="{modules}"
 loadmodule "tm.so"
 {tls_module}
 loadmodule "sl.so"
@@ -220,7 +218,6 @@ class Kamailio:
             _CONFIG.format(
                 tls="yes" if tls else "no",
                 listens="\n".join(listens),
-                modules=KAMAILIO_MODULES,
                 tls_module=tls_module,
                 hep_uri=hep_uri,
                 hep_version=hep_version,
