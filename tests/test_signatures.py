@@ -3,6 +3,7 @@ signature, gzip-wrapped frames, and no false positives on other traffic."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import random
 import struct
@@ -10,6 +11,8 @@ import zlib
 
 import pytest
 from hepbuild import SIP, TS_SEC, ip, v2_time, v3, v12
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hep2pcap.errors import DecodeError, Reason
 from hep2pcap.hep import (
@@ -19,6 +22,7 @@ from hep2pcap.hep import (
     hep12_signature,
     unwrap_gzip,
 )
+from hep2pcap.stream import HepDeframer
 
 # What Kamailio 5.6 siptrace sends (hep_version 2, IPv4 and IPv6) and sngrep 1.6 (junk
 # header-length byte), as seen in the e2e tests.
@@ -141,3 +145,33 @@ def test_unwrap_is_bounded_at_one_frame() -> None:
 
 def test_zlib_is_not_a_gzip_wrapper() -> None:
     assert not gzip_holds_hep3(zlib.compress(v3()))
+
+
+# --- properties: the new framings never raise anything but DecodeError ----------------------
+
+_STARTS = st.sampled_from(
+    [
+        b"\x1f\x8b\x08",
+        gzip.compress(v3())[:12],
+        KAMAILIO_V2[:30],
+        KAMAILIO_V1[:20],
+        b"\x02\x10\x02\x11",
+    ]
+)
+
+
+@given(_STARTS, st.binary(max_size=300), st.integers(min_value=1, max_value=50))
+def test_wrapped_and_v12_streams_fail_only_with_decode_error(
+    start: bytes, rest: bytes, step: int
+) -> None:
+    data = start + rest
+    with contextlib.suppress(DecodeError):
+        decode(data)
+    d = HepDeframer()
+    with contextlib.suppress(DecodeError):
+        for i in range(0, len(data), step):
+            for unit in d.feed(data[i : i + step]):
+                with contextlib.suppress(DecodeError):
+                    decode(unit)
+        d.eof()
+    assert d.pending <= len(data)
