@@ -1069,6 +1069,16 @@ def test_tcp_any_segment_soup_never_raises(segments: list[tuple[int, int]]) -> N
     assert all(any(m == want for want in it) for m in payloads(items))  # an ordered subsequence
 
 
+def test_midstream_search_bytes_are_not_joined_across_a_hole() -> None:
+    # Found by test_tcp_any_segment_soup_never_raises: no SYN, the first segment ends 12
+    # bytes into a message (search still waiting to confirm that header), one byte is never
+    # captured, the rest follows. The 12 bytes and the rest made a 226-byte "message" with a
+    # byte missing; now the search starts again after the hole.
+    conn = Tcp(isn=2**32 - 50)
+    items = read(pcap([conn.seg(1, STREAM[1:201]), conn.seg(202, STREAM[202:416])]))
+    assert all(p in MSGS for p in payloads(items))
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_corrupted_files_never_raise(seed: int) -> None:
     rng = random.Random(seed)
@@ -1164,7 +1174,7 @@ def test_no_hep_diagnosis_plain_sip() -> None:
     frames.append(udp4(b"\x80\x00" + bytes(30), sport=20000, dport=30000))
     detail = _diagnosis(read(pcap(frames)))
     assert detail.startswith("3 UDP datagrams on port 5060 look like plain SIP, not HEP")
-    assert "; 1 TCP connection on port 5061 look like plain SIP" in detail
+    assert "; 1 TCP connection on port 5061 looks like plain SIP" in detail
 
 
 def test_no_diagnosis_when_hep_was_found_or_nothing_seen() -> None:

@@ -1498,6 +1498,9 @@ class PcapSource:
         half.gap_ts = ts
         if half.state == _NEW:
             half.next_seq = lowest  # nothing delivered yet: start where the data starts
+            # Bytes held while looking for a first header end at the hole: never join them to
+            # the bytes after it (that spliced a message with a byte missing into a record).
+            half.head = b""
             self._drain(key, half)
             return
         deframer = half.deframer
@@ -1563,21 +1566,18 @@ def no_hep_diagnosis(seen: Counter[tuple[str, str, int]]) -> str:
     """
     parts = []
     for (kind, transport, port), n in seen.most_common(2):
-        units = (
-            ("datagrams" if transport == "UDP" else "connections")
-            if n != 1
-            else ("datagram" if transport == "UDP" else "connection")
-        )
+        one = n == 1
+        unit = "datagram" if transport == "UDP" else "connection"
+        what = f"{n} {transport} {unit}{'' if one else 's'}"
         where = f"on port {port}" if port else "on various ports"
+        look = "looks" if one else "look"
         if kind.startswith("HEP"):
-            parts.append(
-                f"{n} {transport} {units} {where} look like {kind}: pass --hep-port {port}"
-            )
+            parts.append(f"{what} {where} {look} like {kind}: pass --hep-port {port}")
         elif kind == "SIP":
             parts.append(
-                f"{n} {transport} {units} {where} look like plain SIP, not HEP"
+                f"{what} {where} {look} like plain SIP, not HEP"
                 " (open the capture in Wireshark or sngrep as it is)"
             )
         else:
-            parts.append(f"{n} {transport} {units} {where} are neither HEP nor SIP")
+            parts.append(f"{what} {where} {'is' if one else 'are'} neither HEP nor SIP")
     return "; ".join(parts)
