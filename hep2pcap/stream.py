@@ -139,7 +139,12 @@ class HepDeframer:
             if wait and self._have < MAX_HEP3_LENGTH:
                 # A v1/v2 message whose SIP start line or head is not whole yet: look at the
                 # new bytes only (and the 3 before them), not at everything held again.
-                probe = b"".join(self._parts[-4:-1])[-3:] + data
+                want = len(data) + 3
+                probe = b""
+                for piece in reversed(parts):  # parts ends with data (maybe joined into it)
+                    probe = piece[-(want - len(probe)) :] + probe
+                    if len(probe) >= want:
+                        break
                 if not any(w in probe for w in wait):
                     self._v12_scanned = self._have
                     self._need = self._have + 1
