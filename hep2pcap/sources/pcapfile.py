@@ -1435,6 +1435,14 @@ class PcapSource:
         first = ooo[lowest][0]
         half.gap_ts = ts
         if half.state == _NEW:
+            if half.scanned:  # mid-stream search under way: its undecided bytes end at the hole
+                self._problem(
+                    Reason.TCP_STREAM_GAP,
+                    pos,
+                    f"{_flow_text(key)}: {missing} bytes never captured ({why});"
+                    " still searching for a HEP3 header after the hole",
+                )
+                half.head = b""  # never glued to the bytes after the hole
             half.next_seq = lowest  # nothing delivered yet: start where the data starts
             self._drain(key, half)
             return
