@@ -1497,6 +1497,13 @@ class PcapSource:
         first = ooo[lowest][0]
         half.gap_ts = ts
         if half.state == _NEW:
+            if half.scanned:  # mid-stream search under way: its undecided bytes end at the hole
+                self._problem(
+                    Reason.TCP_STREAM_GAP,
+                    pos,
+                    f"{_flow_text(key)}: {missing} bytes never captured ({why});"
+                    " still searching for a HEP3 header after the hole",
+                )
             half.next_seq = lowest  # nothing delivered yet: start where the data starts
             # Bytes held while looking for a first header end at the hole: never join them to
             # the bytes after it (that spliced a message with a byte missing into a record).
