@@ -106,8 +106,9 @@ def _setup() -> dict[str, object]:
     with atheris.instrument_imports(include=["hep2pcap"]):
         from hep2pcap import hep
         from hep2pcap.errors import DecodeError, Hep2PcapError, InputError, Reason
+        from hep2pcap.items import Problem, Record
         from hep2pcap.pcapng import LINKTYPE_RAW, PcapngWriter
-        from hep2pcap.pipeline import Options, Problem, Record, convert
+        from hep2pcap.pipeline import Options, convert
         from hep2pcap.sources import GZIP_MAGIC, Gunzip, Prepended, _detect, read_up_to
         from hep2pcap.sources.pcapfile import PcapSource
         from hep2pcap.stream import HepDeframer

@@ -21,7 +21,7 @@ from hep2pcap.filters import (
     parse_time,
 )
 from hep2pcap.hep import HepMessage, PayloadType
-from hep2pcap.pipeline import Tick
+from hep2pcap.items import Tick
 from hep2pcap.stats import Stats
 
 T0 = 1_764_158_400_000_000

@@ -18,9 +18,10 @@ from public_captures import public_capture
 from hep2pcap.cli import cli
 from hep2pcap.errors import Hep2PcapError, Reason, StrictError
 from hep2pcap.hep import HepMessage
+from hep2pcap.items import Item, Tick
 from hep2pcap.offload import BATCH, offloaded
 from hep2pcap.pcapng import LINKTYPE_ETHERNET, PcapngWriter
-from hep2pcap.pipeline import Item, Options, Tick, convert
+from hep2pcap.pipeline import Options, convert
 from hep2pcap.sources import ByteCounter, open_inputs
 from hep2pcap.stats import Stats
 

@@ -16,7 +16,7 @@ from hepbuild import TS_SEC, ip, v2_time, v3, v12
 from hep2pcap.cli import cli
 from hep2pcap.errors import InputError, Reason
 from hep2pcap.hep import ChunkType, decode
-from hep2pcap.pipeline import Problem, Record
+from hep2pcap.items import Problem, Record
 from hep2pcap.sources import open_input
 from hep2pcap.sources.rawfile import BufferFileSource, RawHepSource, looks_like_buffer_file
 

@@ -10,7 +10,7 @@ import pytest
 
 from hep2pcap.errors import Reason
 from hep2pcap.hep import HepMessage
-from hep2pcap.pipeline import Tick
+from hep2pcap.items import Tick
 from hep2pcap.repair import ARRIVAL_STEP, CopyFinder, drop_copies, is_truncated, repair_sip
 from hep2pcap.stats import Stats
 
