@@ -60,8 +60,10 @@ lint:
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# tests/e2e/conftest.py is checked on its own: two conftest modules cannot share a run.
 type:
-	$(PY) -m mypy hep2pcap
+	$(PY) -m mypy hep2pcap tests
+	$(PY) -m mypy tests/e2e/conftest.py
 
 # The unit run looks for the optional public captures (tests/public_captures.py) in a folder
 # that does not exist: every run proves that a clone with nothing beside it passes. The

@@ -45,9 +45,10 @@ import gen
 
 from hep2pcap import engine
 from hep2pcap.hep import HepMessage, decode
+from hep2pcap.items import Tick
 from hep2pcap.offload import _FIELDS_OF, BATCH
 from hep2pcap.pcapng import LINKTYPE_ETHERNET, PcapngWriter
-from hep2pcap.pipeline import Converter, Options, Tick, _Reporter, iter_messages, messages
+from hep2pcap.pipeline import Converter, Options, _Reporter, iter_messages, messages
 from hep2pcap.repair import ARRIVAL_STEP
 from hep2pcap.rotate import BlockFile
 from hep2pcap.sources import open_inputs

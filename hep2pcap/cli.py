@@ -38,11 +38,12 @@ from .errors import Hep2PcapError
 from .extcap import TRANSPORTS
 from .filters import Criteria, Selector, compile_match, parse_host, parse_time
 from .hep import DecodeOptions, HepMessage
+from .items import Offload, Stage
 from .offload import available as offloading_available
 from .offload import offloaded
 from .outputs import Interrupted, SafeOutput, refuse_same_file, signals_raise
 from .pcapng import LINKTYPE_ETHERNET, LINKTYPE_RAW, PacketWriter, PcapngWriter, PcapWriter
-from .pipeline import Offload, Options, Stage, convert, observe
+from .pipeline import Options, convert, observe
 from .progress import Progress
 from .render import FAITHFUL_TYPES, parse_payload_type
 from .sources import ByteCounter, open_inputs

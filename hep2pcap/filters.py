@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from .dialogs import Dialogs, Keys, keys_of
 from .hep import HepMessage
+from .items import Item, Stream, Tick
 from .stats import Stats
-
-Item = tuple[int, int, HepMessage]
 
 # One bit per dialog test; a group's bits are the OR over its messages.
 CALL_ID, CORRELATION, METHOD, MATCH = 1, 2, 4, 8
@@ -200,13 +197,13 @@ class Selector:
         root = self.dialogs.find(call_id)
         return root is not None and self.criteria.wanted(self._bits.get(root, 0))
 
-    def stage(self, items: Iterator[Any]) -> Iterator[Any]:
+    def stage(self, items: Stream) -> Stream:
         """Second pass (offline), or the only pass when no dialog filter is set: the
         messages to write."""
         crit, stats = self.criteria, self.stats
         dialogs, bits, wanted = self.dialogs, self._bits, crit.wanted
         for item in items:
-            if type(item) is not tuple:
+            if isinstance(item, Tick):
                 yield item
                 continue
             ts, _, msg = item
@@ -223,7 +220,7 @@ class Selector:
             yield item
 
     # -- live: one pass, holding undecided dialogs -----------------------------------
-    def live_stage(self, items: Iterator[Any]) -> Iterator[Any]:
+    def live_stage(self, items: Stream) -> Stream:
         """The only pass (live): write a dialog's messages from when it matches, and the
         ones held before that (up to MAX_HELD messages and MAX_HELD_BYTES, for HOLD_US of
         tick time: a sender's clock may be far from ours)."""
@@ -233,7 +230,7 @@ class Selector:
         size = [0, 0]  # messages, bytes held
         now: int | None = None
         for item in items:
-            if type(item) is not tuple:
+            if isinstance(item, Tick):
                 now = int(item.now_us)
                 self._expire(held, size, now - HOLD_US, None)
                 yield item

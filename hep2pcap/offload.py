@@ -30,7 +30,7 @@ from typing import Any
 
 from .errors import Hep2PcapError
 from .hep import HepMessage
-from .pipeline import Front, Item, Tick
+from .items import Front, Item, Tick
 from .sources import ByteCounter
 from .stats import Stats
 

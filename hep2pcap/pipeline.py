@@ -18,7 +18,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from heapq import heappop, heappush
-from typing import NamedTuple, Protocol
 
 from .engine import DEFAULT, Engine, Packet
 from .errors import SKIP_REASONS, DecodeError, Reason, StopNow, StrictError
@@ -31,6 +30,7 @@ from .hep import (
     PayloadType,
     decode,
 )
+from .items import Item, Offload, Problem, Record, Source, Stage, Tick
 from .pcapng import LINKTYPE_ETHERNET, PacketWriter
 from .redact import redact
 from .render import FAITHFUL_TYPES, RenderError, render
@@ -40,33 +40,6 @@ from .stats import Stats
 log = logging.getLogger("hep2pcap")
 
 
-class Record(NamedTuple):
-    """One unit of HEP from a source: a datagram, or one message cut from a stream.
-
-    ``ts_us`` is the receive or file-record time (``None`` for raw dumps);
-    ``pos`` is where it came from, in the source's ``unit`` (record number, offset…).
-    """
-
-    data: bytes
-    ts_us: int | None
-    pos: int
-
-
-class Problem(NamedTuple):
-    """Something a source could not turn into a record (counted, never fatal).
-
-    ``read`` marks a message the source rejected before decoding for a reason the pipeline
-    would have found (live ``--password``): it counts as read and dropped, like the rest.
-    """
-
-    reason: Reason
-    pos: int
-    detail: str
-    read: bool = False
-
-
-#: A message on its way through the loop: (HEP time, arrival number, message).
-Item = tuple[int, int, HepMessage]
 #: What one held message costs besides its payload (the message object, its tuple, its
 #: addresses), for the byte bounds of the reorder window.
 ITEM_OVERHEAD = 512
@@ -74,21 +47,6 @@ ITEM_OVERHEAD = 512
 #: held in the window (it would wait for hours): it waits one window of wall time with the
 #: others like it, then is written, counted ``ahead_of_clock``.
 AHEAD_US = 2_000_000
-
-
-class Tick(NamedTuple):
-    """Live sources yield this when idle, so the reorder window drains by wall time."""
-
-    now_us: int
-
-
-class Source(Protocol):
-    """A named iterable of records; ``unit`` names what ``Record.pos`` counts."""
-
-    name: str
-    unit: str
-
-    def __iter__(self) -> Iterator[Record | Problem | Tick]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,14 +497,6 @@ BATCH_BYTES = 1 << 20
 
 #: ``on_progress`` is called once per this many items.
 PROGRESS_EVERY = 1 << 16
-
-#: A stage between decoding and writing (e.g. filters.Selector.stage): items in, items out.
-Stage = Callable[[Iterator[Item | Tick]], Iterator[Item | Tick]]
-#: The front half of the loop (everything before the reorder window), as a function of the
-#: counters it updates.
-Front = Callable[[Stats], Iterator[Item | Tick]]
-#: Runs a Front somewhere else and yields its items: offload.offloaded.
-Offload = Callable[[Front, Stats], Iterator[Item | Tick]]
 
 
 def messages(sources: Iterable[Source], options: Options, stats: Stats) -> Iterator[Item | Tick]:

@@ -7,7 +7,7 @@ several agents. Must never: drop or change a payload byte (a repair only moves t
 between messages), or read clocks (time comes from the messages and ticks).
 
 Each repair is a generator stage over the pipeline's items ``(ts_us, arrival, message)``
-and :class:`~hep2pcap.pipeline.Tick`; ticks and the end of input release what is held.
+and :class:`~hep2pcap.items.Tick`; ticks and the end of input release what is held.
 """
 
 from __future__ import annotations
@@ -16,16 +16,12 @@ import dataclasses
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from hashlib import blake2b
-from typing import Any
 
 from . import sip
 from .errors import Reason
 from .hep import HepMessage, IpProto, PayloadType
+from .items import Item, Stream, Tick
 from .stats import Stats
-
-Item = tuple[int, int, HepMessage]
-#: What flows between pipeline stages: messages and (live) ticks.
-Stream = Iterator[Any]  # Item | Tick; Any because Tick lives in pipeline (no import cycle)
 
 #: Transports whose SIP is a byte stream cut by Content-Length (RFC 3261 §18.3). WebSocket
 #: is not: one WebSocket message is one SIP message and needs no Content-Length (RFC 7118).
@@ -43,11 +39,6 @@ _SIP = PayloadType.SIP
 #: Arrival numbers are drawn in steps of this size: the messages cut from one HEP packet
 #: number arrival + 1, + 2, … and so stay between it and the next packet.
 ARRIVAL_STEP = 1 << 16
-
-
-def _tick_time(item: Any) -> int | None:
-    # Ticks are the only non-tuple items.
-    return None if type(item) is tuple else int(item.now_us)
 
 
 def marked(msg: HepMessage, *reasons: Reason, payload: bytes | None = None) -> HepMessage:
@@ -115,10 +106,9 @@ def repair_sip(
             yield release(key)
 
     for item in items:
-        now = _tick_time(item)
-        if now is not None:
-            last_tick = now
-            yield from expire(now)
+        if isinstance(item, Tick):
+            last_tick = item.now_us
+            yield from expire(last_tick)
             yield item
             continue
         ts, arrival, msg = item
@@ -282,7 +272,7 @@ def drop_copies(items: Stream, stats: Stats, window_us: int = DEDUP_WINDOW_US) -
     """--dedup: keep the first copy of a packet that several agents mirrored."""
     finder = CopyFinder(window_us)
     for item in items:
-        if type(item) is tuple and finder.is_copy(item[0], item[2]):
+        if not isinstance(item, Tick) and finder.is_copy(item[0], item[2]):
             stats.skipped[Reason.DUPLICATE] += 1
             continue
         yield item

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from .dialogs import Dialogs, Keys, keys_of
 from .engine import Packet
 from .errors import Hep2PcapError
 from .hep import HepMessage
+from .items import Stage, Stream, Tick
 from .pcapng import PcapngWriter
 from .stats import Stats
 
@@ -133,12 +133,12 @@ class CallIndex:
         call = self.calls.get(root) if root is not None else None
         return call if call is not None and call.file is not None else None
 
-    def calls_only(self, stats: Stats) -> Callable[[Iterator[Any]], Iterator[Any]]:
+    def calls_only(self, stats: Stats) -> Stage:
         """A pipeline stage that leaves out non-dialog traffic (``split --other drop``)."""
 
-        def stage(items: Iterator[Any]) -> Iterator[Any]:
+        def stage(items: Stream) -> Stream:
             for item in items:
-                if type(item) is tuple and self.call_of(item[2]) is None:
+                if not isinstance(item, Tick) and self.call_of(item[2]) is None:
                     stats.filtered += 1
                     continue
                 yield item

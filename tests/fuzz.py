@@ -106,8 +106,9 @@ def _setup() -> dict[str, object]:
     with atheris.instrument_imports(include=["hep2pcap"]):
         from hep2pcap import hep
         from hep2pcap.errors import DecodeError, Hep2PcapError, InputError, Reason
+        from hep2pcap.items import Problem, Record
         from hep2pcap.pcapng import LINKTYPE_RAW, PcapngWriter
-        from hep2pcap.pipeline import Options, Problem, Record, convert
+        from hep2pcap.pipeline import Options, convert
         from hep2pcap.sources import GZIP_MAGIC, Gunzip, Prepended, _detect, read_up_to
         from hep2pcap.sources.pcapfile import PcapSource
         from hep2pcap.stream import HepDeframer
@@ -142,7 +143,9 @@ def _setup() -> dict[str, object]:
         assert 0 <= msg.dst_port <= 65535, msg
         assert msg.payload, "decode returned an empty payload"
 
-    def feed_all(data: bytes, lenient: bool, resync: bool, sizes: list[int]) -> tuple:
+    def feed_all(
+        data: bytes, lenient: bool, resync: bool, sizes: list[int]
+    ) -> tuple[list[bytes], object, object]:
         d = HepDeframer(lenient=lenient, resync=resync)
         out: list[bytes] = []
         error = None
@@ -223,10 +226,10 @@ def _setup() -> dict[str, object]:
             head = read_up_to(stream, 4)  # type: ignore[arg-type]
             stream = Prepended(head, stream)  # type: ignore[arg-type]
             if head[:2] == GZIP_MAGIC:
-                stream = Gunzip("fuzz", stream)  # type: ignore[arg-type]
-                head = read_up_to(stream, 4)  # type: ignore[arg-type]
-                stream = Prepended(head, stream)  # type: ignore[arg-type]
-            source = _detect("fuzz", head, stream, lenient, None)  # type: ignore[arg-type]
+                stream = Gunzip("fuzz", stream)
+                head = read_up_to(stream, 4)
+                stream = Prepended(head, stream)
+            source = _detect("fuzz", head, stream, lenient, None)
             out = io.BytesIO()
             writer = PcapngWriter(out, options.linktype, comments=options.comments)
             stats = convert([source], writer, options)
@@ -248,7 +251,7 @@ def run_one(target: str, libfuzzer_args: list[str]) -> None:
         corpus = Path(tempfile.mkdtemp(prefix=f"hep2pcap-fuzz-{target}-"))
         write_seeds(target, corpus)
         libfuzzer_args = [*libfuzzer_args, str(corpus)]
-    atheris.Setup([sys.argv[0], *libfuzzer_args], fn)  # type: ignore[arg-type]
+    atheris.Setup([sys.argv[0], *libfuzzer_args], fn)
     atheris.Fuzz()
 
 

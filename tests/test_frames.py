@@ -17,8 +17,6 @@ from scapy.packet import Packet, Raw
 from hep2pcap import frames
 from hep2pcap.errors import Reason
 from hep2pcap.frames import (
-    LINKTYPE_ETHERNET,
-    LINKTYPE_RAW,
     MAX_TCP_SEGMENT,
     MAX_UDP_PAYLOAD,
     FrameBuilder,
@@ -27,6 +25,7 @@ from hep2pcap.frames import (
     transport_of,
 )
 from hep2pcap.hep import HepMessage
+from hep2pcap.pcapng import LINKTYPE_ETHERNET, LINKTYPE_RAW
 
 A4, B4 = ip("192.168.1.1"), ip("10.20.30.40")
 A6, B6 = ip("2001:db8::a:1"), ip("fe80::1234:5678:9abc:def0")

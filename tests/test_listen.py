@@ -1036,7 +1036,7 @@ def need(tool: str) -> str:
 def _records_of(path: Path) -> list[bytes]:
     from contextlib import ExitStack
 
-    from hep2pcap.pipeline import Record
+    from hep2pcap.items import Record
     from hep2pcap.sources import open_input
 
     with ExitStack() as stack:

@@ -24,6 +24,7 @@ from hep2pcap.hep import DecodeOptions
 from hep2pcap.pcapng import LINKTYPE_ETHERNET, PcapngWriter
 from hep2pcap.pipeline import Options, convert
 from hep2pcap.sources import open_inputs
+from hep2pcap.stats import Stats
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "fixtures" / "malformed"
@@ -45,7 +46,7 @@ def _options(flags: list[str]) -> tuple[Options, bool]:
     return Options(decode=decode, password=password), lenient
 
 
-def _convert(path: Path, flags: list[str]) -> tuple[object, bytes]:
+def _convert(path: Path, flags: list[str]) -> tuple[Stats, bytes]:
     options, lenient = _options(flags)
     out = io.BytesIO()
     with ExitStack() as stack:

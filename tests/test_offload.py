@@ -7,7 +7,7 @@ import functools
 import io
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -18,9 +18,10 @@ from public_captures import public_capture
 from hep2pcap.cli import cli
 from hep2pcap.errors import Hep2PcapError, Reason, StrictError
 from hep2pcap.hep import HepMessage
+from hep2pcap.items import Item, Tick
 from hep2pcap.offload import BATCH, offloaded
 from hep2pcap.pcapng import LINKTYPE_ETHERNET, PcapngWriter
-from hep2pcap.pipeline import Item, Options, Tick, convert
+from hep2pcap.pipeline import Options, convert
 from hep2pcap.sources import ByteCounter, open_inputs
 from hep2pcap.stats import Stats
 
@@ -50,7 +51,7 @@ def _convert(paths: list[Path], two: bool, options: Options | None = None) -> tu
     stats = Stats()
     counters: list[ByteCounter] = []
     with ExitStack() as stack:
-        sources = open_inputs([str(p) for p in paths], stack, counters)
+        sources = open_inputs(tuple(str(p) for p in paths), stack, counters)
         writer = PcapngWriter(out, LINKTYPE_ETHERNET)
         offload = functools.partial(offloaded, counters=counters) if two else None
         try:
@@ -113,7 +114,7 @@ def test_items_ticks_and_counters_arrive_in_order() -> None:
 
     stats = Stats(written=5)
     got = list(offloaded(front, stats))
-    want = []
+    want: list[Item | Tick] = []
     for n in range(3 * BATCH + 7):
         want.append(_item(n))
         if n % 100 == 0:
@@ -171,6 +172,7 @@ def test_a_parent_that_stops_reading_ends_the_child() -> None:
             n += 1
 
     items = offloaded(front, Stats())
+    assert isinstance(items, Generator)
     assert next(items) == _item(0)
     items.close()  # the fixture checks the child was waited for
 

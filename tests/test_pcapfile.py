@@ -30,7 +30,7 @@ from scapy.packet import Raw
 
 from hep2pcap.errors import InputError, Reason
 from hep2pcap.hep import HepMessage, decode, encode
-from hep2pcap.pipeline import Problem, Record
+from hep2pcap.items import Problem, Record
 from hep2pcap.sources import open_input, pcapfile
 from hep2pcap.sources.pcapfile import MIDSTREAM_SCAN_LIMIT, PcapSource
 

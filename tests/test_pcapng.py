@@ -19,6 +19,7 @@ from scapy.utils import PcapNgReader, PcapReader, rdpcap
 
 from hep2pcap import __version__
 from hep2pcap.hep import ChunkType
+from hep2pcap.items import Record
 from hep2pcap.pcapng import (
     LINKTYPE_ETHERNET,
     LINKTYPE_RAW,
@@ -32,7 +33,7 @@ from hep2pcap.pcapng import (
     interface_description,
     interface_name,
 )
-from hep2pcap.pipeline import Options, Record, convert
+from hep2pcap.pipeline import Options, convert
 
 # --- a tiny independent pcapng reader ------------------------------------------------------
 

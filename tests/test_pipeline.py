@@ -20,8 +20,9 @@ from scapy.utils import PcapNgReader
 from hep2pcap import frames, pipeline
 from hep2pcap.errors import Reason, StrictError
 from hep2pcap.hep import ChunkType, DecodeOptions, HepMessage
+from hep2pcap.items import Problem, Record, Tick
 from hep2pcap.pcapng import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapngWriter
-from hep2pcap.pipeline import Options, Problem, Record, Tick, convert, describe
+from hep2pcap.pipeline import Options, convert, describe
 from hep2pcap.stats import Stats
 
 S = 1_000_000  # microseconds per second

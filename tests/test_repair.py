@@ -10,11 +10,18 @@ import pytest
 
 from hep2pcap.errors import Reason
 from hep2pcap.hep import HepMessage
-from hep2pcap.pipeline import Tick
+from hep2pcap.items import Item, Tick
 from hep2pcap.repair import ARRIVAL_STEP, CopyFinder, drop_copies, is_truncated, repair_sip
 from hep2pcap.stats import Stats
 
 T0 = 1_700_000_000_000_000
+
+
+def only_items(out: list[Item | Tick]) -> list[Item]:
+    """The stage's output, which must hold no tick."""
+    items = [m for m in out if not isinstance(m, Tick)]
+    assert len(items) == len(out)
+    return items
 
 
 def sip_msg(n: int, body: bytes = b"") -> bytes:
@@ -51,7 +58,7 @@ def run(
         else:
             items.append((T0 + i, next(order), msg(p, **kw)))
     out = list(repair_sip(iter(items), stats, order, resplit=resplit, hold_us=hold_us))
-    return [m[2] for m in out if type(m) is tuple], stats
+    return [m[2] for m in out if not isinstance(m, Tick)], stats
 
 
 BODY = b"v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\n"
@@ -151,6 +158,7 @@ def test_held_part_is_released_after_hold_time_by_a_tick() -> None:
 
     out = list(repair_sip(feed(), stats, order, resplit=True, hold_us=1_000_000))
     assert isinstance(out[0], Tick)  # still held at the first tick
+    assert not isinstance(out[1], Tick)
     assert out[1][2].payload == A[:40]
     assert isinstance(out[2], Tick)
 
@@ -173,7 +181,7 @@ def test_flows_are_joined_separately() -> None:
             hold_us=10**6,
         )
     )
-    assert [(m[2].src_port, m[2].payload) for m in out] == [(1, A), (2, B)]
+    assert [(m[2].src_port, m[2].payload) for m in only_items(out)] == [(1, A), (2, B)]
     del order
 
 
@@ -193,7 +201,7 @@ def test_arrival_numbers_stay_unique() -> None:
     order = itertools.count(0, ARRIVAL_STEP)
     items = [(T0, next(order), msg(A + B + C)), (T0, next(order), msg(A))]
     out = list(repair_sip(iter(items), stats, order, resplit=True, hold_us=10**6))
-    keys = [(t, a) for t, a, _ in out]
+    keys = [(t, a) for t, a, _ in only_items(out)]
     assert len(set(keys)) == len(keys) == 4
     assert sorted(keys) == keys
 
@@ -236,7 +244,7 @@ def test_copy_finder_memory_is_bounded() -> None:
 
 def test_drop_copies_counts_duplicates_as_skipped() -> None:
     stats = Stats()
-    items = [(T0, 0, msg(A, agent=1)), Tick(T0), (T0 + 10, 1, msg(A, agent=2))]
+    items: list[Item | Tick] = [(T0, 0, msg(A, agent=1)), Tick(T0), (T0 + 10, 1, msg(A, agent=2))]
     out = list(drop_copies(iter(items), stats))
     assert out[:2] == items[:2]
     assert len(out) == 2
@@ -256,6 +264,7 @@ def test_partial_messages_held_are_bounded_in_bytes_over_all_flows() -> None:
     released = 0
     for item in repair_sip(iter(items), stats, order, resplit=True, hold_us=10**12):
         released += 1
+        assert not isinstance(item, Tick)
         assert Reason.SIP_TRUNCATED in item[2].warnings
     assert released == n  # all of them in the end (the input ends)
     assert stats.early["resplit_full"] == n - repair.MAX_HELD_TOTAL // len(part)

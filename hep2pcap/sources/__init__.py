@@ -15,8 +15,8 @@ from typing import BinaryIO, Protocol
 
 from ..errors import InputError
 from ..hep import hep12_header_size
+from ..items import Source
 from ..pcapng import PCAPNG_MAGIC
-from ..pipeline import Source
 from .rawfile import BufferFileSource, RawHepSource, looks_like_buffer_file
 
 log = logging.getLogger("hep2pcap")

@@ -51,7 +51,7 @@ from typing import Any, Literal, Protocol
 
 from ..errors import DecodeError, Hep2PcapError, Reason
 from ..hep import auth_needle, precheck_auth
-from ..pipeline import Problem, Record, Tick
+from ..items import Problem, Record, Tick
 from ..stats import Stats
 from .tcp import TcpConnection, TcpListener, peer_text
 from .udp import MAX_DATAGRAM, Endpoint, UdpListener
@@ -1059,7 +1059,7 @@ def _close_fds_except(keep: set[int]) -> None:
 
 
 class LiveSource:
-    """Live HEP from sockets, as a pipeline :class:`~hep2pcap.pipeline.Source`.
+    """Live HEP from sockets, as a pipeline :class:`~hep2pcap.items.Source`.
 
     ``open()`` binds every endpoint (so the caller can print ``addresses`` before the first
     message); iterating starts the receiver (a child process by default, so receiving never

@@ -4,14 +4,14 @@ Owns: the classic pcap and pcapng container formats, the link layers HEP capture
 (Ethernet with 802.1Q/QinQ tags, Linux cooked SLL/SLL2, raw IP, BSD null/loop), IPv4 and
 IPv6 (extension headers, fragment reassembly), UDP datagram selection and per-direction TCP
 stream reassembly fed to :class:`~hep2pcap.stream.HepDeframer`. It yields one
-:class:`~hep2pcap.pipeline.Record` per HEP datagram or framed HEP message, with the capture
+:class:`~hep2pcap.items.Record` per HEP datagram or framed HEP message, with the capture
 time in integer microseconds and the 1-based frame number (Wireshark's ``frame.number``).
 
 Must never: decode HEP itself (the pipeline does), use float timestamps, import dpkt or
 scapy (test oracles only), keep unbounded state (fragments, flows and out-of-order bytes are
 capped), or raise for bad content. Only a file whose global header is unreadable raises
 :class:`~hep2pcap.errors.InputError` from the constructor; everything else becomes a counted
-:class:`~hep2pcap.pipeline.Problem` and reading goes on where it can.
+:class:`~hep2pcap.items.Problem` and reading goes on where it can.
 
 Formats: pcap (tcpdump.org "pcap" file format, all four magics), pcapng (IETF
 draft-ietf-opsawg-pcapng: SHB, IDB with if_tsresol/if_tsoffset, EPB, SPB, obsolete PB),
@@ -39,6 +39,7 @@ from ..hep import (
     gzip_holds_hep3,
     hep12_signature,
 )
+from ..items import Problem, Record
 from ..pcapng import (
     BLOCK_TYPE_EPB,
     BLOCK_TYPE_IDB,
@@ -55,7 +56,6 @@ from ..pcapng import (
     PCAPNG_MAGIC,
     InterfaceStatistics,
 )
-from ..pipeline import Problem, Record
 from ..sip import is_start
 from ..stream import HepDeframer
 from . import read_up_to

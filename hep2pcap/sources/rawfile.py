@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import DecodeError, Reason
 from ..hep import AF_INET, AF_INET6_VALUES, GZIP_MAGIC, HEP3_MAGIC, MAX_HEP3_LENGTH
-from ..pipeline import Problem, Record
+from ..items import Problem, Record
 from ..stream import HepDeframer
 
 if TYPE_CHECKING:

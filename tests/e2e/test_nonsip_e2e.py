@@ -138,7 +138,7 @@ def _expected(doc: dict[str, Any]) -> dict[str, str]:
         "rtcp.sdes.type": f"{doc['sdes_information'][0]['type']}|0",  # the item, then END
         "rtcp.sdes.text": doc["sdes_information"][0]["text"],
     }
-    sender = ("", "", "", "", "")
+    sender: tuple[str, ...] = ("", "", "", "", "")
     if info:
         sender = tuple(
             str(info[k])

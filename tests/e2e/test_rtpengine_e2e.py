@@ -161,7 +161,7 @@ def _write_media_pcap(path: Path, v6: bool) -> list[Sent]:
 
 
 def _ip_checksum(header: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    total: int = sum(struct.unpack(f"!{len(header) // 2}H", header))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -336,7 +336,7 @@ def _call(workdir: Path, kam: Kamailio, v6: bool, uas_port: int) -> tuple[list[S
 
 def _collected(sock: socket.socket) -> list[dict[int, bytes]]:
     """Every HEP message --forward relayed, as chunk dicts (bounded wait)."""
-    out = []
+    out: list[dict[int, bytes]] = []
     sock.settimeout(1.0)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and len(out) < 10_000:
