@@ -419,6 +419,32 @@ class _Receiver:
             out.append(Problem(reason, self._next_seq(), where, reason is not Reason.NOT_ALLOWED))
         self.rejected[reason] = n + 1
 
+    def screened_out(
+        self,
+        buf: bytes | bytearray,
+        start: int,
+        end: int,
+        addr: tuple[str, int] | tuple[str, int, int, int] | None,
+        where: str,
+        out: list[Record | Problem],
+    ) -> bool:
+        """The checks made before decoding (``--allow`` on a datagram's ``addr``,
+        ``--password`` on ``buf[start:end]``): True when they reject the message (counted by
+        early_reject). ``where`` names a stream message; a datagram is named by ``addr``."""
+        allow, needle = self.allow, self.needle
+        if addr is not None and allow is not None and not allow.allows(addr[0]):
+            reason: Reason | None = Reason.NOT_ALLOWED
+        elif needle is not None:
+            reason = precheck_auth(buf, needle, start, end)
+        else:
+            reason = None
+        if reason is None:
+            return False
+        self.early_reject(
+            reason, f"udp datagram from {peer_text(addr)}" if addr is not None else where, out
+        )
+        return True
+
     def log_once(self, kind: str, text: str) -> None:
         """Log a connection failure with its peer: the first ``log_limit`` of each kind."""
         n = self.logged[kind]
@@ -452,7 +478,7 @@ class _Receiver:
         """Read up to UDP_BATCH datagrams (about ``budget`` bytes) into ``out``, or read and
         drop them (counted) with ``drop``; return how many were read."""
         recvfrom = lst.sock.recvfrom
-        allow, needle = self.allow, self.needle
+        screening = self.allow is not None or self.needle is not None
         seq = self._seq
         nbytes = n = nrec = 0
         for _ in range(UDP_BATCH):
@@ -469,17 +495,11 @@ class _Receiver:
                 self.receive_drops += 1
                 self.drops_by[lst.name] += 1
                 continue
-            if allow is not None and not allow.allows(addr[0]):
-                self._seq = seq
-                self.early_reject(Reason.NOT_ALLOWED, f"udp datagram from {peer_text(addr)}", out)
+            if screening:
+                self._seq = seq  # early_reject numbers its problem from it
+                rejected = self.screened_out(data, 0, -1, addr, "", out)
                 seq = self._seq
-                continue
-            if needle is not None:
-                reason = precheck_auth(data, needle)
-                if reason is not None:
-                    self._seq = seq
-                    self.early_reject(reason, f"udp datagram from {peer_text(addr)}", out)
-                    seq = self._seq
+                if rejected:
                     continue
             out.append(Record(data, now_us, seq))
             seq += 1
@@ -545,14 +565,13 @@ class _Receiver:
         if res.messages:
             seq = self._seq
             nbytes = nrec = 0
-            needle = self.needle
+            screening = self.needle is not None  # --allow was checked at accept()
             for data in res.messages:
-                if needle is not None:
-                    reason = precheck_auth(data, needle)
-                    if reason is not None:
-                        self._seq = seq
-                        self.early_reject(reason, f"{conn.peer} message", out)
-                        seq = self._seq
+                if screening:
+                    self._seq = seq  # early_reject numbers its problem from it
+                    rejected = self.screened_out(data, 0, -1, None, f"{conn.peer} message", out)
+                    seq = self._seq
+                    if rejected:
                         continue
                 out.append(Record(data, now_us, seq))
                 seq += 1
@@ -864,7 +883,7 @@ class _Packer:
         recv_into = lst.sock.recvfrom_into
         pack_into = _UNIT.pack_into
         view, buf, head = self.view, self.buf, _UNIT.size
-        allow, needle = rx.allow, rx.needle
+        screening = rx.allow is not None or rx.needle is not None
         pos = self.pos
         n = nrec = nbytes = 0
         for _ in range(UDP_BATCH):
@@ -886,14 +905,8 @@ class _Packer:
                 rx.receive_drops += 1
                 rx.drops_by[lst.name] += 1
                 continue
-            if allow is not None and not allow.allows(addr[0]):
-                rx.early_reject(Reason.NOT_ALLOWED, f"udp datagram from {peer_text(addr)}", out)
+            if screening and rx.screened_out(buf, pos + head, pos + head + size, addr, "", out):
                 continue
-            if needle is not None:
-                reason = precheck_auth(buf, needle, pos + head, pos + head + size)
-                if reason is not None:
-                    rx.early_reject(reason, f"udp datagram from {peer_text(addr)}", out)
-                    continue
             pack_into(buf, pos, _KIND_RECORD, size, now_us)
             pos += head + size
             nrec += 1
